@@ -1,0 +1,263 @@
+package consulkv_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/test/testbed"
+)
+
+func newClient(t *testing.T, c *testbed.Consul) *consulkv.Client {
+	t.Helper()
+	cl, err := consulkv.New(consulkv.Config{Address: c.HTTPAddr, Cluster: "itest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+func TestLockContendersExactlyOneWins(t *testing.T) {
+	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	cl := newClient(t, c)
+	ctx := context.Background()
+	opts := consulkv.LockOptions{TTL: 4 * time.Second}
+	var wg sync.WaitGroup
+	wins := make(chan string, 5)
+	for _, m := range []string{"m1", "m2", "m3", "m4", "m5"} {
+		wg.Add(1)
+		go func(m string) {
+			defer wg.Done()
+			l := cl.NewLock("g1", m, opts)
+			if _, err := l.EnsureSession(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+			ok, err := l.Acquire(ctx)
+			if err != nil {
+				t.Error(err)
+			}
+			if ok {
+				wins <- m
+			}
+		}(m)
+	}
+	wg.Wait()
+	close(wins)
+	var winners []string
+	for w := range wins {
+		winners = append(winners, w)
+	}
+	if len(winners) != 1 {
+		t.Fatalf("want exactly one winner, got %v", winners)
+	}
+	g, err := cl.ReadGroup(ctx, "g1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Leader == nil || g.Leader.Member != winners[0] {
+		t.Fatalf("leader key says %+v, winner %s", g.Leader, winners[0])
+	}
+}
+
+func TestSessionExpiryFreesLockAndLockDelayHolds(t *testing.T) {
+	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	cl := newClient(t, c)
+	ctx := context.Background()
+	lockDelay := 3 * time.Second
+	holder := cl.NewLock("g1", "a", consulkv.LockOptions{TTL: 2 * time.Second, LockDelay: lockDelay})
+	if _, err := holder.EnsureSession(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := holder.Acquire(ctx); !ok || err != nil {
+		t.Fatalf("acquire: %v %v", ok, err)
+	}
+	start := time.Now()
+	if !holder.LeaseValid(start) {
+		t.Fatal("fresh lease not valid")
+	}
+	// The lease must end before Consul could possibly free the lock.
+	if until := holder.LeaseUntil(); until.Sub(start) >= time.Second {
+		t.Fatalf("lease %s not shorter than the session TTL of 1s", until.Sub(start))
+	}
+	other := cl.NewLock("g1", "b", consulkv.LockOptions{TTL: 2 * time.Second})
+	if _, err := other.EnsureSession(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// No renewals from the holder: the session expires (TTL 1s, Consul
+	// waits up to 2x) and the key is deleted (Behavior=delete).
+	var freedAt time.Time
+	testbed.Eventually(t, 15*time.Second, "leader key deleted after session expiry", func() error {
+		g, err := cl.ReadGroup(ctx, "g1")
+		if err != nil {
+			return err
+		}
+		if g.Leader != nil {
+			return errors.New("leader key still held")
+		}
+		freedAt = time.Now()
+		return nil
+	})
+	if freedAt.Sub(start) < time.Second {
+		t.Fatalf("lock freed after %s, sooner than the session TTL", freedAt.Sub(start))
+	}
+	if holder.LeaseValid(freedAt) {
+		t.Fatal("holder's lease outlived its session")
+	}
+	// Lock-delay: the other member cannot acquire until it has passed.
+	var acquiredAt time.Time
+	testbed.Eventually(t, 15*time.Second, "other member acquires", func() error {
+		if _, err := other.EnsureSession(ctx); err != nil {
+			return err
+		}
+		ok, err := other.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errors.New("not acquired")
+		}
+		acquiredAt = time.Now()
+		return nil
+	})
+	if acquiredAt.Sub(freedAt) < lockDelay-500*time.Millisecond {
+		t.Fatalf("acquired %s after invalidation, lock-delay is %s", acquiredAt.Sub(freedAt), lockDelay)
+	}
+	t.Logf("session expired after %s; re-acquired %s later (lock-delay %s)", freedAt.Sub(start).Round(10*time.Millisecond), acquiredAt.Sub(freedAt).Round(10*time.Millisecond), lockDelay)
+	// The old holder finds out its session is gone.
+	if _, err := holder.EnsureSession(ctx); !errors.Is(err, consulkv.ErrSessionGone) {
+		t.Fatalf("renew of an expired session: want ErrSessionGone, got %v", err)
+	}
+}
+
+func TestGuardedWritesRefuseNonHolders(t *testing.T) {
+	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	cl := newClient(t, c)
+	ctx := context.Background()
+	opts := consulkv.LockOptions{TTL: 10 * time.Second}
+	leader := cl.NewLock("g1", "a", opts)
+	follower := cl.NewLock("g1", "b", opts)
+	for _, l := range []*consulkv.Lock{leader, follower} {
+		if _, err := l.EnsureSession(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, _ := leader.Acquire(ctx); !ok {
+		t.Fatal("leader did not acquire")
+	}
+	st := &consulkv.GroupStatus{Version: 1, Leader: "b", LastLSN: 1}
+	err := cl.LeaderPut(ctx, "g1", follower.Session(), cl.StatusKey("g1"), st)
+	if !errors.Is(err, consulkv.ErrNotHolder) {
+		t.Fatalf("non-holder write: want ErrNotHolder, got %v", err)
+	}
+	st.Leader = "a"
+	if err := cl.LeaderPut(ctx, "g1", leader.Session(), cl.StatusKey("g1"), st); err != nil {
+		t.Fatalf("holder write: %v", err)
+	}
+	if err := cl.AppendHistory(ctx, "g1", follower.Session(), consulkv.HistoryEntry{Timeline: 1}); !errors.Is(err, consulkv.ErrNotHolder) {
+		t.Fatalf("non-holder history append: %v", err)
+	}
+	for i := 1; i <= 2; i++ {
+		if err := cl.AppendHistory(ctx, "g1", leader.Session(), consulkv.HistoryEntry{Timeline: uint32(i), NewLeader: "a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The bootstrap race: CAS 0 lets exactly one member initialize.
+	won1, err1 := cl.RaceInitialize(ctx, "g1", "a")
+	won2, err2 := cl.RaceInitialize(ctx, "g1", "b")
+	if err1 != nil || err2 != nil || !won1 || won2 {
+		t.Fatalf("initialize race: %v %v %v %v", won1, err1, won2, err2)
+	}
+	// Release by a non-holder is refused and leaves the key.
+	if err := follower.Release(ctx); !errors.Is(err, consulkv.ErrNotHolder) {
+		t.Fatalf("non-holder release: %v", err)
+	}
+	g, _ := cl.ReadGroup(ctx, "g1")
+	if g.Leader == nil || g.Leader.Member != "a" || g.Status == nil || g.History == nil || len(g.History.Entries) != 2 || g.Initialize.Member != "a" {
+		t.Fatalf("group view: leader %+v status %+v history %+v init %+v", g.Leader, g.Status, g.History, g.Initialize)
+	}
+	if err := leader.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	g, _ = cl.ReadGroup(ctx, "g1")
+	if g.Leader != nil {
+		t.Fatal("leader key still there after release")
+	}
+}
+
+func TestWatchWakesOnChangeAndGarbageIsReported(t *testing.T) {
+	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	cl := newClient(t, c)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	views := make(chan *consulkv.GroupView, 16)
+	go cl.WatchPrefix(ctx, cl.GroupPrefix("g1"), consulkv.WatchOptions{Wait: 30 * time.Second}, func(idx uint64, pairs api.KVPairs) {
+		views <- cl.DecodeGroup("g1", idx, pairs)
+	})
+	first := <-views
+	if first.Leader != nil {
+		t.Fatal("unexpected leader")
+	}
+	kv := c.Client().KV()
+	put := func(k, v string) {
+		if _, err := kv.Put(&api.KVPair{Key: k, Value: []byte(v)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	put(cl.FailoverKey("g1"), `{"version":1,"kind":"failover","candidate":"b","requested_at":"2026-01-01T00:00:00Z"}`)
+	select {
+	case v := <-views:
+		if v.Failover == nil || v.Failover.Candidate != "b" {
+			t.Fatalf("watch delivered %+v", v.Failover)
+		}
+		t.Logf("watch woke %s after the write", time.Since(start).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("watch did not wake within 5s of a change (wait was 30s)")
+	}
+	put(cl.MemberKey("g1", "x"), `{"version":1,"name":"x","role":"chief"}`)
+	select {
+	case v := <-views:
+		if len(v.Problems) != 1 || len(v.Members) != 0 {
+			t.Fatalf("garbage member: problems %v members %v", v.Problems, v.Members)
+		}
+		var de *consulkv.DecodeError
+		if !errors.As(v.Problems[0], &de) || de.Key != cl.MemberKey("g1", "x") {
+			t.Fatalf("problem does not name the key: %v", v.Problems[0])
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("watch did not wake for the garbage value")
+	}
+	// Garbage config: ReadConfig returns a DecodeError with the index so an
+	// editor can still overwrite it.
+	put(cl.ConfigKey(), `{"version":1,"ttl":"banana"}`)
+	cfg, idx, err := cl.ReadConfig(ctx)
+	var de *consulkv.DecodeError
+	if cfg != nil || idx == 0 || !errors.As(err, &de) {
+		t.Fatalf("garbage config: %v %d %v", cfg, idx, err)
+	}
+	ok, err := cl.CAS(ctx, cl.ConfigKey(), &consulkv.ClusterConfig{Version: 1}, idx)
+	if !ok || err != nil {
+		t.Fatalf("CAS over garbage config: %v %v", ok, err)
+	}
+}
+
+func TestUnreachableConsulIsAClearError(t *testing.T) {
+	port := testbed.FreePort(t)
+	cl, err := consulkv.New(consulkv.Config{Address: "127.0.0.1:" + strconv.Itoa(port), Cluster: "itest", RequestTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cl.ReadGroup(context.Background(), "g1")
+	if !errors.Is(err, consulkv.ErrUnreachable) {
+		t.Fatalf("want ErrUnreachable, got %v", err)
+	}
+	if err := cl.Ping(context.Background()); !errors.Is(err, consulkv.ErrUnreachable) {
+		t.Fatalf("ping: %v", err)
+	}
+}

@@ -1,0 +1,417 @@
+package consulkv
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ValueVersion is the schema version written into every value. Readers
+// accept values of this version or lower.
+const ValueVersion = 1
+
+// DecodeError says which key held a value that could not be used.
+type DecodeError struct {
+	Key string
+	Err error
+}
+
+func (e *DecodeError) Error() string { return fmt.Sprintf("consulkv: key %q: %v", e.Key, e.Err) }
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// Value is implemented by everything stored in the KV tree.
+type Value interface {
+	Validate() error
+}
+
+// Decode unmarshals data into v strictly (unknown fields are tolerated for
+// forward compatibility, trailing garbage is not) and validates it. Any
+// failure is a *DecodeError naming key.
+func Decode(key string, data []byte, v Value) error {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return &DecodeError{Key: key, Err: errors.New("empty value")}
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(v); err != nil {
+		return &DecodeError{Key: key, Err: fmt.Errorf("invalid JSON: %w", err)}
+	}
+	if dec.More() {
+		return &DecodeError{Key: key, Err: errors.New("invalid JSON: trailing data after value")}
+	}
+	if err := v.Validate(); err != nil {
+		return &DecodeError{Key: key, Err: err}
+	}
+	return nil
+}
+
+// Encode marshals a value after validating it, so nothing invalid is written.
+func Encode(v Value) ([]byte, error) {
+	if err := v.Validate(); err != nil {
+		return nil, fmt.Errorf("consulkv: refusing to write invalid %T: %w", v, err)
+	}
+	return json.Marshal(v)
+}
+
+func checkVersion(v int) error {
+	if v < 1 || v > ValueVersion {
+		return fmt.Errorf("unsupported version %d (this pgmesh reads 1..%d)", v, ValueVersion)
+	}
+	return nil
+}
+
+// validName accepts the names pgmesh uses for clusters, groups and members:
+// they become KV path segments, service IDs, DNS labels and slot names.
+func validName(field, s string) error {
+	if s == "" {
+		return fmt.Errorf("%s is empty", field)
+	}
+	if len(s) > 63 {
+		return fmt.Errorf("%s %q is longer than 63 characters", field, s)
+	}
+	for i, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || (r >= 'A' && r <= 'Z')
+		if !ok || (i == 0 && (r == '-' || r == '_')) {
+			return fmt.Errorf("%s %q: use letters, digits, '-' and '_' (not first)", field, s)
+		}
+	}
+	return nil
+}
+
+// ValidName reports whether s can be used as a cluster, group or member name.
+func ValidName(field, s string) error { return validName(field, s) }
+
+// Duration is a time.Duration that is written as "10s" and read from either
+// a Go duration string or a number of seconds (Patroni writes numbers).
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		return d.Set(s)
+	}
+	var f float64
+	if err := json.Unmarshal(b, &f); err != nil {
+		return fmt.Errorf("duration must be a string like \"10s\" or a number of seconds")
+	}
+	*d = Duration(f * float64(time.Second))
+	return nil
+}
+
+// Set parses a duration string or a plain number of seconds.
+func (d *Duration) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if f, err := strconv.ParseFloat(s, 64); err == nil {
+		*d = Duration(f * float64(time.Second))
+		return nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("invalid duration %q", s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// Initialize is the value of groups/<g>/initialize. The bootstrap winner
+// writes it with CAS 0 and an empty SystemID, then fills the system
+// identifier once initdb has run.
+type Initialize struct {
+	Version  int       `json:"version"`
+	Member   string    `json:"member"`
+	SystemID string    `json:"system_id,omitempty"`
+	At       time.Time `json:"at"`
+}
+
+func (v *Initialize) Validate() error {
+	if err := checkVersion(v.Version); err != nil {
+		return err
+	}
+	if err := validName("member", v.Member); err != nil {
+		return err
+	}
+	if v.SystemID != "" {
+		if _, err := strconv.ParseUint(v.SystemID, 10, 64); err != nil {
+			return fmt.Errorf("system_id %q is not a PostgreSQL system identifier", v.SystemID)
+		}
+	}
+	return nil
+}
+
+// Leader is the value of groups/<g>/leader.
+type Leader struct {
+	Version int    `json:"version"`
+	Member  string `json:"member"`
+}
+
+func (v *Leader) Validate() error {
+	if err := checkVersion(v.Version); err != nil {
+		return err
+	}
+	return validName("member", v.Member)
+}
+
+// Roles a member reports.
+const (
+	RolePrimary = "primary"
+	RoleReplica = "replica"
+	RoleUnknown = "unknown"
+)
+
+// MemberTags are a member's static properties that the HA rules read.
+type MemberTags struct {
+	NoFailover       bool              `json:"nofailover,omitempty"`
+	FailoverPriority int               `json:"failover_priority,omitempty"`
+	NoSync           bool              `json:"nosync,omitempty"`
+	Custom           map[string]string `json:"custom,omitempty"`
+}
+
+// MemberStatus is the value of groups/<g>/members/<m>, written every loop by
+// the member's agent under its session.
+type MemberStatus struct {
+	Version      int        `json:"version"`
+	Name         string     `json:"name"`
+	Group        string     `json:"group"`
+	Role         string     `json:"role"`
+	State        string     `json:"state"`
+	APIURL       string     `json:"api_url"`
+	ConnURL      string     `json:"conn_url"`
+	Host         string     `json:"host"`
+	Port         int        `json:"port"`
+	Timeline     uint32     `json:"timeline,omitempty"`
+	SystemID     string     `json:"system_id,omitempty"`
+	WriteLSN     uint64     `json:"write_lsn,omitempty"`
+	ReceiveLSN   uint64     `json:"receive_lsn,omitempty"`
+	ReplayLSN    uint64     `json:"replay_lsn,omitempty"`
+	Streaming    bool       `json:"streaming,omitempty"`
+	Tags         MemberTags `json:"tags"`
+	PGVersion    int        `json:"pg_version,omitempty"`
+	AgentVersion string     `json:"agent_version,omitempty"`
+	Message      string     `json:"message,omitempty"`
+	UpdatedAt    time.Time  `json:"updated_at"`
+}
+
+// LastLSN is the furthest WAL position the member has.
+func (m *MemberStatus) LastLSN() uint64 {
+	l := m.WriteLSN
+	if m.ReceiveLSN > l {
+		l = m.ReceiveLSN
+	}
+	if m.ReplayLSN > l {
+		l = m.ReplayLSN
+	}
+	return l
+}
+
+func (v *MemberStatus) Validate() error {
+	if err := checkVersion(v.Version); err != nil {
+		return err
+	}
+	if err := validName("name", v.Name); err != nil {
+		return err
+	}
+	switch v.Role {
+	case RolePrimary, RoleReplica, RoleUnknown:
+	default:
+		return fmt.Errorf("role %q is not primary, replica or unknown", v.Role)
+	}
+	if v.Port < 0 || v.Port > 65535 {
+		return fmt.Errorf("port %d out of range", v.Port)
+	}
+	return nil
+}
+
+// Failover request kinds.
+const (
+	KindSwitchover = "switchover"
+	KindFailover   = "failover"
+)
+
+// FailoverRequest is the value of groups/<g>/failover: a pending manual
+// switchover (leader named, optional candidate and time) or failover
+// (candidate named, leader may be gone).
+type FailoverRequest struct {
+	Version     int        `json:"version"`
+	Kind        string     `json:"kind"`
+	Leader      string     `json:"leader,omitempty"`
+	Candidate   string     `json:"candidate,omitempty"`
+	ScheduledAt *time.Time `json:"scheduled_at,omitempty"`
+	RequestedAt time.Time  `json:"requested_at"`
+}
+
+func (v *FailoverRequest) Validate() error {
+	if err := checkVersion(v.Version); err != nil {
+		return err
+	}
+	switch v.Kind {
+	case KindSwitchover:
+		if v.Leader == "" {
+			return errors.New("switchover needs the current leader")
+		}
+	case KindFailover:
+		if v.Candidate == "" {
+			return errors.New("failover needs a candidate")
+		}
+	default:
+		return fmt.Errorf("kind %q is not switchover or failover", v.Kind)
+	}
+	if v.Leader != "" {
+		if err := validName("leader", v.Leader); err != nil {
+			return err
+		}
+	}
+	if v.Candidate != "" {
+		if err := validName("candidate", v.Candidate); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GroupStatus is the value of groups/<g>/status, published by the leader.
+type GroupStatus struct {
+	Version   int               `json:"version"`
+	Leader    string            `json:"leader"`
+	LastLSN   uint64            `json:"last_lsn"`
+	Timeline  uint32            `json:"timeline"`
+	Slots     map[string]uint64 `json:"slots,omitempty"`
+	UpdatedAt time.Time         `json:"updated_at"`
+}
+
+func (v *GroupStatus) Validate() error {
+	if err := checkVersion(v.Version); err != nil {
+		return err
+	}
+	return validName("leader", v.Leader)
+}
+
+// HistoryEntry is one promotion: the timeline that ended, where, why and who
+// took over.
+type HistoryEntry struct {
+	Timeline  uint32    `json:"timeline"`
+	LSN       uint64    `json:"lsn"`
+	Reason    string    `json:"reason"`
+	At        time.Time `json:"at"`
+	NewLeader string    `json:"new_leader"`
+}
+
+// History is the value of groups/<g>/history.
+type History struct {
+	Version int            `json:"version"`
+	Entries []HistoryEntry `json:"entries"`
+}
+
+func (v *History) Validate() error { return checkVersion(v.Version) }
+
+// SyncState is the value of groups/<g>/sync.
+type SyncState struct {
+	Version      int      `json:"version"`
+	Leader       string   `json:"leader"`
+	SyncStandbys []string `json:"sync_standbys"`
+}
+
+func (v *SyncState) Validate() error { return checkVersion(v.Version) }
+
+// ClusterConfig is the dynamic configuration in <prefix>/<cluster>/config,
+// shared by every agent of the cluster. Zero fields take the defaults.
+type ClusterConfig struct {
+	Version              int               `json:"version"`
+	TTL                  Duration          `json:"ttl"`
+	LoopWait             Duration          `json:"loop_wait"`
+	RetryTimeout         Duration          `json:"retry_timeout"`
+	LockDelay            Duration          `json:"lock_delay"`
+	MaximumLagOnFailover uint64            `json:"maximum_lag_on_failover"`
+	Paused               bool              `json:"pause,omitempty"`
+	PausedGroups         []string          `json:"paused_groups,omitempty"`
+	Parameters           map[string]string `json:"parameters,omitempty"`
+}
+
+// Defaults of the dynamic configuration.
+const (
+	DefaultTTL                  = 20 * time.Second
+	DefaultLoopWait             = 2 * time.Second
+	DefaultRetryTimeout         = 5 * time.Second
+	DefaultLockDelay            = time.Second
+	DefaultMaximumLagOnFailover = 1 << 20
+)
+
+// WithDefaults fills zero fields.
+func (c ClusterConfig) WithDefaults() ClusterConfig {
+	if c.Version == 0 {
+		c.Version = ValueVersion
+	}
+	if c.TTL == 0 {
+		c.TTL = Duration(DefaultTTL)
+	}
+	if c.LoopWait == 0 {
+		c.LoopWait = Duration(DefaultLoopWait)
+	}
+	if c.RetryTimeout == 0 {
+		c.RetryTimeout = Duration(DefaultRetryTimeout)
+	}
+	if c.LockDelay == 0 {
+		c.LockDelay = Duration(DefaultLockDelay)
+	}
+	if c.MaximumLagOnFailover == 0 {
+		c.MaximumLagOnFailover = DefaultMaximumLagOnFailover
+	}
+	return c
+}
+
+// GroupPaused tells whether automatic actions are off for group.
+func (c ClusterConfig) GroupPaused(group string) bool {
+	if c.Paused {
+		return true
+	}
+	for _, g := range c.PausedGroups {
+		if g == group {
+			return true
+		}
+	}
+	return false
+}
+
+// Validate checks the timing rule: a leader renews every loop_wait and may
+// spend up to retry_timeout on a failing Consul call; its lease is ttl/2
+// (see LeaseFor), so loop_wait + 2·retry_timeout ≤ ttl keeps one slow renew
+// from costing the lease (the same rule Patroni enforces).
+func (v *ClusterConfig) Validate() error {
+	if err := checkVersion(v.Version); err != nil {
+		return err
+	}
+	c := v.WithDefaults()
+	if c.TTL.D() < 2*time.Second {
+		return fmt.Errorf("ttl %s: must be at least 2s", c.TTL)
+	}
+	if c.LoopWait.D() < 100*time.Millisecond {
+		return fmt.Errorf("loop_wait %s: must be at least 100ms", c.LoopWait)
+	}
+	if c.RetryTimeout.D() < 100*time.Millisecond {
+		return fmt.Errorf("retry_timeout %s: must be at least 100ms", c.RetryTimeout)
+	}
+	if c.LoopWait.D()+2*c.RetryTimeout.D() > c.TTL.D() {
+		return fmt.Errorf("timing rule broken: loop_wait (%s) + 2*retry_timeout (%s) must not exceed ttl (%s)", c.LoopWait, c.RetryTimeout, c.TTL)
+	}
+	if c.LockDelay.D() < 0 || c.LockDelay.D() > 60*time.Second {
+		return fmt.Errorf("lock_delay %s: must be between 0 and 60s", c.LockDelay)
+	}
+	for k := range c.Parameters {
+		if k == "" || strings.ContainsAny(k, " \t\n='") {
+			return fmt.Errorf("parameters: %q is not a PostgreSQL parameter name", k)
+		}
+	}
+	return nil
+}

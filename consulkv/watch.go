@@ -1,0 +1,68 @@
+package consulkv
+
+import (
+	"context"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/hashicorp/consul/api"
+)
+
+// WatchOptions tune a blocking watch.
+type WatchOptions struct {
+	// Wait is the longest one blocking query waits (default 5m).
+	Wait time.Duration
+	// MaxBackoff caps the retry delay after errors (default 10s).
+	MaxBackoff time.Duration
+	// OnError, if set, is told about every failed query.
+	OnError func(error)
+}
+
+// WatchPrefix calls fn with every new state of the keys under prefix, using
+// Consul blocking queries (push-style: no polling), until ctx ends. The
+// first call comes at once with the current state. Errors are retried with
+// exponential backoff; the index is reset when Consul's index goes
+// backwards (e.g. after a snapshot restore), as Consul's docs ask.
+func (c *Client) WatchPrefix(ctx context.Context, prefix string, o WatchOptions, fn func(index uint64, pairs api.KVPairs)) {
+	if o.Wait <= 0 {
+		o.Wait = 5 * time.Minute
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 10 * time.Second
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = o.MaxBackoff
+	bo.MaxElapsedTime = 0
+	var index uint64
+	for ctx.Err() == nil {
+		pairs, newIndex, err := c.list(ctx, prefix, index, o.Wait)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if o.OnError != nil {
+				o.OnError(err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(bo.NextBackOff()):
+			}
+			continue
+		}
+		bo.Reset()
+		switch {
+		case newIndex < index:
+			index = 0
+			continue
+		case newIndex == index:
+			continue // wait timed out with no change
+		}
+		if newIndex == 0 {
+			newIndex = 1
+		}
+		index = newIndex
+		fn(index, pairs)
+	}
+}

@@ -1,0 +1,172 @@
+package testbed
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Consul is a real single-server Consul agent on loopback.
+type Consul struct {
+	// HTTPAddr is host:port of the HTTP API; DNSAddr of the DNS server.
+	HTTPAddr string
+	DNSAddr  string
+	Dir      string
+	NodeName string
+
+	t       testing.TB
+	bin     string
+	args    []string
+	logPath string
+	cmd     *exec.Cmd
+	done    chan struct{}
+}
+
+// ConsulOptions tune the agent the test gets.
+type ConsulOptions struct {
+	// SessionTTLMin is Consul's session_ttl_min (default 1s so tests can use
+	// short leases; production Consul defaults to 10s).
+	SessionTTLMin time.Duration
+}
+
+// StartConsul starts a Consul server in dev-like single-node mode with a
+// data dir (so Restart keeps its state) and waits until it has a leader.
+func StartConsul(t testing.TB, opts ConsulOptions) *Consul {
+	t.Helper()
+	bin, err := ConsulBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.SessionTTLMin == 0 {
+		opts.SessionTTLMin = time.Second
+	}
+	dir := t.TempDir()
+	http, dns, server, serfLAN, serfWAN := FreePort(t), FreePort(t), FreePort(t), FreePort(t), FreePort(t)
+	c := &Consul{
+		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", http),
+		DNSAddr:  fmt.Sprintf("127.0.0.1:%d", dns),
+		Dir:      dir,
+		NodeName: "testnode",
+		t:        t,
+		bin:      bin,
+		logPath:  filepath.Join(dir, "consul.log"),
+	}
+	hcl := fmt.Sprintf(`
+server = true
+bootstrap_expect = 1
+node_name = %q
+data_dir = %q
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+advertise_addr = "127.0.0.1"
+session_ttl_min = %q
+log_level = "INFO"
+disable_update_check = true
+enable_script_checks = false
+ui_config { enabled = false }
+ports {
+  http = %d
+  dns = %d
+  server = %d
+  serf_lan = %d
+  serf_wan = %d
+  grpc = -1
+  grpc_tls = -1
+}
+performance { raft_multiplier = 1 }
+dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
+`, c.NodeName, filepath.Join(dir, "data"), opts.SessionTTLMin.String(), http, dns, server, serfLAN, serfWAN)
+	cfgPath := filepath.Join(dir, "consul.hcl")
+	if err := os.WriteFile(cfgPath, []byte(hcl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.args = []string{"agent", "-config-file", cfgPath}
+	DumpOnFailure(t, "consul", c.logPath)
+	c.start()
+	t.Cleanup(c.Stop)
+	return c
+}
+
+func (c *Consul) start() {
+	c.t.Helper()
+	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cmd := exec.Command(c.bin, c.args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		c.t.Fatalf("testbed: start consul: %v", err)
+	}
+	c.cmd = cmd
+	c.done = make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(c.done) }()
+	c.WaitReady(30 * time.Second)
+}
+
+// WaitReady polls until the agent answers and the cluster has a leader.
+func (c *Consul) WaitReady(timeout time.Duration) {
+	c.t.Helper()
+	cl := c.Client()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		select {
+		case <-c.done:
+			c.t.Fatalf("testbed: consul exited during start-up (see log)")
+		default:
+		}
+		leader, err := cl.Status().Leader()
+		if err == nil && leader != "" {
+			// The catalog must have our node before sessions can be made.
+			if _, _, err := cl.Catalog().Node(c.NodeName, nil); err == nil {
+				return
+			}
+		}
+		last = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.t.Fatalf("testbed: consul not ready after %s: %v", timeout, last)
+}
+
+// Client returns a consul/api client for the agent.
+func (c *Consul) Client() *api.Client {
+	cfg := api.DefaultConfig()
+	cfg.Address = c.HTTPAddr
+	cfg.Token = ""
+	cl, err := api.NewClient(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cl
+}
+
+// Stop terminates the agent (idempotent).
+func (c *Consul) Stop() {
+	if c.cmd == nil {
+		return
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+		<-c.done
+	}
+	c.cmd = nil
+}
+
+// Restart stops and starts the agent with the same state and ports.
+func (c *Consul) Restart() {
+	c.t.Helper()
+	c.Stop()
+	c.start()
+}
