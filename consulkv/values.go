@@ -415,3 +415,12 @@ func (v *ClusterConfig) Validate() error {
 	}
 	return nil
 }
+
+// UnmarshalYAML accepts "10s" or a number of seconds, like the JSON form.
+func (d *Duration) UnmarshalYAML(unmarshal func(interface{}) error) error {
+	var s string
+	if err := unmarshal(&s); err != nil {
+		return fmt.Errorf("duration must be a string like \"10s\" or a number of seconds")
+	}
+	return d.Set(s)
+}

@@ -8,6 +8,9 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
+// KVPairs is what a watch delivers.
+type KVPairs = api.KVPairs
+
 // WatchOptions tune a blocking watch.
 type WatchOptions struct {
 	// Wait is the longest one blocking query waits (default 5m).
@@ -23,7 +26,7 @@ type WatchOptions struct {
 // first call comes at once with the current state. Errors are retried with
 // exponential backoff; the index is reset when Consul's index goes
 // backwards (e.g. after a snapshot restore), as Consul's docs ask.
-func (c *Client) WatchPrefix(ctx context.Context, prefix string, o WatchOptions, fn func(index uint64, pairs api.KVPairs)) {
+func (c *Client) WatchPrefix(ctx context.Context, prefix string, o WatchOptions, fn func(index uint64, pairs KVPairs)) {
 	if o.Wait <= 0 {
 		o.Wait = 5 * time.Minute
 	}

@@ -15,7 +15,9 @@ func newApp() *cli.App {
 		Version:              version.Version,
 		EnableBashCompletion: true,
 		Commands: []*cli.Command{
+			agentCommand(),
 			versionCommand(),
+			fenceWatchdogCommand(),
 		},
 	}
 }

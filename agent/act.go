@@ -1,0 +1,481 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/health"
+	"github.com/pgmesh/pgmesh/pg"
+	"go.uber.org/zap"
+)
+
+func boolp(b bool) *bool { return &b }
+
+// act carries out a decision.
+func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
+	inst := a.pgi()
+	switch d.Action {
+	case ActNone, ActRefuse:
+		return nil
+	case ActRaceInitialize:
+		won, err := a.kv.RaceInitialize(ctx, a.cfg.Group, a.cfg.Name)
+		if err != nil {
+			return err
+		}
+		if !won {
+			a.log.Info("lost the initialize race; waiting for the winner to bootstrap")
+			return nil
+		}
+		a.log.Info("won the initialize race: bootstrapping the group")
+		return a.bootstrap(ctx)
+	case ActBootstrap:
+		return a.bootstrap(ctx)
+	case ActClone:
+		return a.clone(ctx, o.Group, d.Target)
+	case ActKeepLeader:
+		if d.ClearFailover {
+			a.clearFailover(ctx, o.Group)
+		}
+		return a.leaderHousekeeping(ctx, o.Group)
+	case ActStartPrimary:
+		if d.ClearFailover {
+			a.clearFailover(ctx, o.Group)
+		}
+		if o.Local.WasPrimary {
+			if _, _, err := inst.WriteConfig(pg.Primary, nil); err != nil {
+				return err
+			}
+		} else if _, _, err := inst.WriteConfig(pg.Replica, nil); err != nil {
+			// Never start a former replica without standby.signal: it would
+			// come up writable on its old timeline. Start it read-only and
+			// promote next round.
+			return err
+		}
+		a.following = ""
+		return a.start(ctx)
+	case ActPromote:
+		if d.ClearFailover {
+			a.clearFailover(ctx, o.Group)
+		}
+		return a.promote(ctx, o, "promoted while holding the leader lock")
+	case ActAcquire:
+		if _, err := a.lock.EnsureSession(ctx); err != nil {
+			return err
+		}
+		ok, err := a.lock.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			a.log.Info("lost the leader race")
+			if o.Local.Running && !o.Local.InRecovery {
+				return a.demote(ctx, false, false, "demoting: another member took the leader lock")
+			}
+			return nil
+		}
+		a.iAmLeaderNow = boolp(true)
+		a.log.Info("acquired the leader lock", zap.Uint64("last_lsn", o.Local.LastLSN))
+		if o.Local.InRecovery {
+			reason := "automatic failover"
+			if o.Group.Failover != nil && o.Group.Failover.Candidate == a.cfg.Name {
+				reason = "manual " + o.Group.Failover.Kind
+			}
+			return a.promote(ctx, o, reason)
+		}
+		return a.leaderHousekeeping(ctx, o.Group)
+	case ActDemote:
+		return a.demote(ctx, d.Immediate, d.Release, d.Reason)
+	case ActSwitchover:
+		return a.switchover(ctx, o, d.Target)
+	case ActFollow:
+		return a.follow(ctx, o.Group, d.Target)
+	case ActRewind:
+		return a.rewind(ctx, o.Group, d.Target)
+	case ActStartReadOnly:
+		if _, _, err := inst.WriteConfig(pg.Replica, nil); err != nil {
+			return err
+		}
+		a.following = ""
+		return a.start(ctx)
+	}
+	return fmt.Errorf("unknown action %v", d.Action)
+}
+
+func (a *Agent) start(ctx context.Context) error {
+	err := a.pgi().Start(ctx)
+	if errors.Is(err, pg.ErrStartTimeout) {
+		a.log.Warn("postgres still starting; will check again next loop")
+		return nil
+	}
+	return err
+}
+
+// bootstrap runs initdb, starts as primary, takes the lock and records the
+// system identifier in the initialize key.
+func (a *Agent) bootstrap(ctx context.Context) error {
+	inst := a.pgi()
+	a.setState(func(s *health.MemberState) { s.State = "bootstrapping" })
+	fail := func(err error) error {
+		// Give the race back so another member (or we, next loop) can retry
+		// on a clean slate.
+		if g, rerr := a.kv.ReadGroup(context.Background(), a.cfg.Group); rerr == nil && g.Initialize != nil && g.Initialize.Member == a.cfg.Name && g.Initialize.SystemID == "" {
+			a.kv.DeleteCAS(context.Background(), a.kv.InitializeKey(a.cfg.Group), g.InitializeIndex)
+		}
+		inst.Stop(context.Background(), pg.StopImmediate)
+		if inst.HasDataDir() {
+			inst.RemoveDataDir()
+		}
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	if err := inst.Initdb(ctx); err != nil {
+		return fail(err)
+	}
+	if _, _, err := inst.WriteConfig(pg.Primary, nil); err != nil {
+		return fail(err)
+	}
+	if err := inst.Start(ctx); err != nil {
+		return fail(err)
+	}
+	if err := inst.CreateReplicationUser(ctx); err != nil {
+		return fail(err)
+	}
+	cd, err := inst.ControlData(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := a.lock.EnsureSession(ctx); err != nil {
+		return fail(err)
+	}
+	ok, err := a.lock.Acquire(ctx)
+	if err != nil || !ok {
+		return fail(fmt.Errorf("could not take the leader lock after initdb (acquired=%v): %v", ok, err))
+	}
+	a.iAmLeaderNow = boolp(true)
+	g, err := a.kv.ReadGroup(ctx, a.cfg.Group)
+	if err != nil {
+		return err
+	}
+	init := &consulkv.Initialize{Version: consulkv.ValueVersion, Member: a.cfg.Name, SystemID: fmt.Sprint(cd.SystemID), At: time.Now().UTC()}
+	if ok, err := a.kv.CAS(ctx, a.kv.InitializeKey(a.cfg.Group), init, g.InitializeIndex); err != nil || !ok {
+		return fmt.Errorf("bootstrap: record system id: ok=%v: %v", ok, err)
+	}
+	if err := writeMarker(inst.DataDir(), roleMarker{Role: consulkv.RolePrimary, Timeline: cd.Timeline}); err != nil {
+		return err
+	}
+	a.log.Info("bootstrapped the group", zap.Uint64("system_id", cd.SystemID))
+	return a.leaderHousekeeping(ctx, g)
+}
+
+// clone copies the leader's data dir with pg_basebackup and starts
+// following it.
+func (a *Agent) clone(ctx context.Context, g *consulkv.GroupView, leader string) error {
+	lm := g.Members[leader]
+	if lm == nil {
+		return fmt.Errorf("clone: leader %s has no member key", leader)
+	}
+	inst := a.pgi()
+	a.setState(func(s *health.MemberState) { s.State = "cloning" })
+	a.log.Info("cloning from the leader", zap.String("leader", leader), zap.String("host", lm.Host), zap.Int("port", lm.Port))
+	if err := inst.Basebackup(ctx, a.replicationConn(lm)); err != nil {
+		return fmt.Errorf("clone from %s: %w", leader, err)
+	}
+	if err := writeMarker(inst.DataDir(), roleMarker{Role: consulkv.RoleReplica}); err != nil {
+		return err
+	}
+	return a.follow(ctx, g, leader)
+}
+
+// follow (re)configures the replica for leader and makes sure it runs.
+func (a *Agent) follow(ctx context.Context, g *consulkv.GroupView, leader string) error {
+	lm := g.Members[leader]
+	if lm == nil {
+		return fmt.Errorf("follow: leader %s has no member key", leader)
+	}
+	inst := a.pgi()
+	changed, restart, err := inst.WriteConfig(pg.Replica, a.followTarget(lm))
+	if err != nil {
+		return err
+	}
+	a.following = leader
+	a.lastStreaming = time.Time{}
+	running, _ := inst.IsRunning()
+	switch {
+	case !running:
+		return a.start(ctx)
+	case restart:
+		a.log.Info("restarting to follow the new leader", zap.String("leader", leader))
+		if err := inst.Stop(ctx, pg.StopFast); err != nil {
+			return err
+		}
+		return a.start(ctx)
+	case changed:
+		return inst.Reload(ctx)
+	}
+	return nil
+}
+
+// promote turns the local replica into the primary after the lock was
+// taken, and records the new timeline in the history.
+func (a *Agent) promote(ctx context.Context, o Observation, reason string) error {
+	inst := a.pgi()
+	oldTL, lastLSN := o.Local.Timeline, o.Local.LastLSN
+	start := time.Now()
+	// Promote first: pg_ctl promote needs standby.signal in place, which
+	// WriteConfig(Primary) would remove.
+	if err := inst.Promote(ctx); err != nil {
+		return fmt.Errorf("promote: %w", err)
+	}
+	a.following = ""
+	if changed, _, err := inst.WriteConfig(pg.Primary, nil); err != nil {
+		return err
+	} else if changed {
+		if err := inst.Reload(ctx); err != nil {
+			a.log.Warn("reload after promote failed", zap.Error(err))
+		}
+	}
+	st, err := inst.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("status after promote: %w", err)
+	}
+	if err := writeMarker(inst.DataDir(), roleMarker{Role: consulkv.RolePrimary, Timeline: st.Timeline}); err != nil {
+		return err
+	}
+	a.iAmLeaderNow = boolp(true)
+	a.log.Info("promoted to primary", zap.String("reason", reason), zap.Uint32("timeline", st.Timeline), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
+	if err := a.kv.AppendHistory(ctx, a.cfg.Group, a.lock.Session(), consulkv.HistoryEntry{Timeline: oldTL, LSN: lastLSN, Reason: reason, At: time.Now().UTC(), NewLeader: a.cfg.Name}); err != nil {
+		a.log.Warn("could not append to the history", zap.Error(err))
+	}
+	if o.Group != nil && o.Group.Failover != nil {
+		a.clearFailover(ctx, o.Group)
+	}
+	return a.leaderHousekeeping(ctx, o.Group)
+}
+
+// leaderHousekeeping publishes the group status and keeps the members'
+// replication slots.
+func (a *Agent) leaderHousekeeping(ctx context.Context, g *consulkv.GroupView) error {
+	inst := a.pgi()
+	st, err := inst.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("leader status: %w", err)
+	}
+	if st.InRecovery {
+		return nil
+	}
+	if m, _ := readMarker(inst.DataDir()); m.Role != consulkv.RolePrimary || m.Timeline != st.Timeline {
+		if err := writeMarker(inst.DataDir(), roleMarker{Role: consulkv.RolePrimary, Timeline: st.Timeline}); err != nil {
+			return err
+		}
+	}
+	gs := &consulkv.GroupStatus{Version: consulkv.ValueVersion, Leader: a.cfg.Name, LastLSN: uint64(st.CurrentLSN), Timeline: st.Timeline, UpdatedAt: time.Now().UTC()}
+	if err := a.kv.LeaderPut(ctx, a.cfg.Group, a.lock.Session(), a.kv.StatusKey(a.cfg.Group), gs); err != nil {
+		return err
+	}
+	if g != nil {
+		now := time.Now()
+		for name := range g.Members {
+			a.slotMembers[name] = now
+		}
+	}
+	// Keep slots of members seen in the last 10 minutes, so a replica whose
+	// session blipped does not lose the WAL it still needs.
+	var members []string
+	for name, seen := range a.slotMembers {
+		if time.Since(seen) > 10*time.Minute {
+			delete(a.slotMembers, name)
+			continue
+		}
+		if name != a.cfg.Name {
+			members = append(members, name)
+		}
+	}
+	return inst.EnsurePhysicalSlots(ctx, members)
+}
+
+func (a *Agent) clearFailover(ctx context.Context, g *consulkv.GroupView) {
+	if g == nil || g.FailoverIndex == 0 {
+		return
+	}
+	if err := a.kv.LeaderDelete(ctx, a.cfg.Group, a.lock.Session(), a.kv.FailoverKey(a.cfg.Group), g.FailoverIndex); err != nil {
+		a.log.Warn("could not clear the failover key", zap.Error(err))
+		return
+	}
+	a.log.Info("cleared the failover key")
+}
+
+// demote stops being writable. An immediate demote (fencing) aborts
+// PostgreSQL; a normal one shuts down cleanly. Either way it comes back as a
+// read-only standby so it can follow the next leader (after a rewind).
+func (a *Agent) demote(ctx context.Context, immediate, release bool, reason string) error {
+	inst := a.pgi()
+	a.setState(func(s *health.MemberState) { s.Writable = false; s.IsLeader = false; s.Message = reason })
+	a.iAmLeaderNow = boolp(false)
+	mode := pg.StopFast
+	if immediate {
+		mode = pg.StopImmediate
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := inst.Stop(stopCtx, mode); err != nil {
+		a.log.Error("stop during demote failed; killing the postmaster", zap.Error(err))
+		if kerr := inst.Kill(); kerr != nil {
+			return fmt.Errorf("demote: stop: %v; kill: %w", err, kerr)
+		}
+	}
+	a.fw.disarm()
+	if release {
+		if err := a.lock.Release(ctx); err != nil {
+			a.log.Warn("could not release the leader lock", zap.Error(err))
+		}
+	}
+	a.log.Info("demoted: PostgreSQL no longer accepts writes", zap.Bool("immediate", immediate))
+	if _, _, err := inst.WriteConfig(pg.Replica, nil); err != nil {
+		return err
+	}
+	a.following = ""
+	return a.start(ctx)
+}
+
+// switchover hands the leadership to candidate with no WAL lost: stop
+// cleanly (the shutdown checkpoint is streamed to the standbys), wait until
+// the candidate confirms it has everything, then release the lock. If the
+// candidate does not confirm in time the switchover is abandoned and we stay
+// primary.
+func (a *Agent) switchover(ctx context.Context, o Observation, candidate string) error {
+	inst := a.pgi()
+	cm := o.Group.Members[candidate]
+	if cm == nil {
+		return fmt.Errorf("switchover: candidate %s vanished", candidate)
+	}
+	a.log.Info("switchover: checkpoint and clean stop", zap.String("candidate", candidate))
+	start := time.Now()
+	if err := inst.CheckpointIfPrimary(ctx); err != nil {
+		a.log.Warn("checkpoint before switchover failed", zap.Error(err))
+	}
+	a.setState(func(s *health.MemberState) { s.Writable = false; s.Message = "switching over to " + candidate })
+	if err := inst.Stop(ctx, pg.StopFast); err != nil {
+		return fmt.Errorf("switchover: stop: %w", err)
+	}
+	a.fw.disarm()
+	cd, err := inst.ControlData(ctx)
+	if err != nil {
+		return fmt.Errorf("switchover: controldata: %w", err)
+	}
+	confirmed := a.waitPeerHas(ctx, cm.APIURL, uint64(cd.CheckpointLSN), 10*time.Second)
+	if !confirmed {
+		a.log.Error("switchover abandoned: candidate did not confirm our last WAL; staying primary", zap.String("candidate", candidate), zap.String("checkpoint", cd.CheckpointLSN.String()))
+		a.clearFailover(ctx, o.Group)
+		if _, _, err := inst.WriteConfig(pg.Primary, nil); err != nil {
+			return err
+		}
+		return a.start(ctx)
+	}
+	// The candidate has all our WAL: no divergence is possible, so this
+	// data dir can follow the new timeline without pg_rewind.
+	if err := writeMarker(inst.DataDir(), roleMarker{Role: consulkv.RoleReplica}); err != nil {
+		return err
+	}
+	if err := a.lock.Release(ctx); err != nil {
+		return fmt.Errorf("switchover: release: %w", err)
+	}
+	a.iAmLeaderNow = boolp(false)
+	a.log.Info("switchover: released the leader lock", zap.String("candidate", candidate), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
+	if _, _, err := inst.WriteConfig(pg.Replica, a.followTarget(cm)); err != nil {
+		return err
+	}
+	a.following = candidate
+	return a.start(ctx)
+}
+
+// waitPeerHas polls a peer's REST status until it has received WAL past lsn.
+func (a *Agent) waitPeerHas(ctx context.Context, apiURL string, lsn uint64, timeout time.Duration) bool {
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if st, err := fetchPeer(ctx, client, apiURL); err == nil && st.LastLSN() > lsn {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
+// rewind brings a diverged former primary back in line with leader with
+// pg_rewind, re-cloning when rewind cannot.
+func (a *Agent) rewind(ctx context.Context, g *consulkv.GroupView, leader string) error {
+	lm := g.Members[leader]
+	if lm == nil {
+		return fmt.Errorf("rewind: leader %s has no member key", leader)
+	}
+	inst := a.pgi()
+	a.setState(func(s *health.MemberState) { s.State = "rewinding" })
+	if running, _ := inst.IsRunning(); running {
+		if err := inst.Stop(ctx, pg.StopFast); err != nil {
+			return fmt.Errorf("rewind: stop: %w", err)
+		}
+	}
+	a.log.Info("rewinding from the leader", zap.String("leader", leader))
+	if err := inst.Rewind(ctx, a.superuserConn(lm)); err != nil {
+		if !errors.Is(err, pg.ErrRewindFailed) {
+			return err
+		}
+		a.log.Warn("pg_rewind failed; re-cloning from the leader", zap.Error(err))
+		if err := inst.RemoveDataDir(); err != nil {
+			return fmt.Errorf("re-clone: %w", err)
+		}
+		return a.clone(ctx, g, leader)
+	}
+	if err := writeMarker(inst.DataDir(), roleMarker{Role: consulkv.RoleReplica}); err != nil {
+		return err
+	}
+	return a.follow(ctx, g, leader)
+}
+
+// shutdown stops the member cleanly. A leader stops PostgreSQL first
+// (streaming its shutdown checkpoint), waits briefly for a replica to have
+// it, then deletes the leader key so a replica takes over at once.
+func (a *Agent) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	inst := a.pgi()
+	st := a.State()
+	a.log.Info("shutting down", zap.Bool("leader", st.IsLeader))
+	if st.IsLeader && st.PGRunning {
+		inst.CheckpointIfPrimary(ctx)
+	}
+	if err := inst.Stop(ctx, pg.StopFast); err != nil {
+		a.log.Error("stopping PostgreSQL failed", zap.Error(err))
+	}
+	a.fw.disarm()
+	if st.IsLeader {
+		if cd, err := inst.ControlData(ctx); err == nil && a.lastGroup != nil {
+			best := ""
+			for _, name := range a.lastGroup.MemberNames() {
+				m := a.lastGroup.Members[name]
+				if name != a.cfg.Name && m.Role == consulkv.RoleReplica && !m.Tags.NoFailover {
+					if a.waitPeerHas(ctx, m.APIURL, uint64(cd.CheckpointLSN), 5*time.Second) {
+						best = name
+						break
+					}
+				}
+			}
+			if best == "" {
+				a.log.Warn("no replica confirmed the shutdown checkpoint; releasing anyway")
+			} else {
+				a.log.Info("replica has our last WAL", zap.String("replica", best))
+			}
+		}
+		if err := a.lock.Release(ctx); err != nil {
+			a.log.Warn("could not release the leader lock", zap.Error(err))
+		}
+	}
+	if err := a.lock.Destroy(ctx); err != nil {
+		a.log.Warn("could not destroy the session", zap.Error(err))
+	}
+	inst.Close()
+	a.log.Info("stopped")
+}

@@ -1,0 +1,363 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/health"
+	"github.com/pgmesh/pgmesh/internal/version"
+	"github.com/pgmesh/pgmesh/pg"
+	"go.uber.org/zap"
+)
+
+// defaultParameters are PostgreSQL settings pgmesh wants unless the
+// operator's dynamic or local parameters say otherwise.
+var defaultParameters = map[string]string{
+	// A replica retries a lost upstream every second, not every 5s, so it
+	// finds a new primary (or its new slot) quickly.
+	"wal_retrieve_retry_interval": "1s",
+}
+
+// ErrRefused is returned by Run when the data directory belongs to another
+// cluster: the agent will not touch it.
+var ErrRefused = errors.New("refusing to manage this data directory")
+
+// Agent runs one member's HA loop.
+type Agent struct {
+	cfg  *Config
+	log  *zap.Logger
+	kv   *consulkv.Client
+	lock *consulkv.Lock
+	api  *health.Server
+	fw   *fenceWatchdog
+
+	pgMu     sync.Mutex
+	pg       *pg.Instance
+	pgParams map[string]string
+
+	wake    chan struct{}
+	manual  chan manualRequest
+	started time.Time
+
+	// Loop-private state (only the loop goroutine touches these).
+	dyn            consulkv.ClusterConfig
+	following      string
+	lastStreaming  time.Time
+	lastDecision   string
+	lastProblems   map[string]bool
+	slotMembers    map[string]time.Time
+	lastGroup      *consulkv.GroupView
+	consulDownFrom time.Time
+	// iAmLeaderNow, when set, overrides the observation's view of the
+	// lock for this round's publish (set by acquire/promote/release).
+	iAmLeaderNow *bool
+
+	stateMu sync.Mutex
+	state   health.MemberState
+}
+
+type manualRequest struct {
+	kind  string // restart, reload, reinit
+	force bool
+	done  chan error
+}
+
+// New builds an agent from its configuration; it does no I/O.
+func New(cfg *Config, log *zap.Logger) (*Agent, error) {
+	kv, err := consulkv.New(consulkv.Config{
+		Address: cfg.Consul.Address, Scheme: cfg.Consul.Scheme, Token: cfg.Consul.Token,
+		Datacenter: cfg.Consul.Datacenter, CAFile: cfg.Consul.CAFile, CertFile: cfg.Consul.CertFile,
+		KeyFile: cfg.Consul.KeyFile, InsecureSkipVerify: cfg.Consul.InsecureSkipVerify,
+		Prefix: cfg.Consul.Prefix, Cluster: cfg.Cluster,
+		RequestTimeout: cfg.Bootstrap.DCS.ClusterConfig().RetryTimeout.D(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	log = log.With(zap.String("cluster", cfg.Cluster), zap.String("group", cfg.Group), zap.String("member", cfg.Name))
+	a := &Agent{
+		cfg:         cfg,
+		log:         log,
+		kv:          kv,
+		wake:        make(chan struct{}, 1),
+		manual:      make(chan manualRequest),
+		dyn:         cfg.Bootstrap.DCS.ClusterConfig(),
+		slotMembers: map[string]time.Time{},
+	}
+	a.lock = kv.NewLock(cfg.Group, cfg.Name, a.lockOptions())
+	if err := a.rebuildPG(); err != nil {
+		return nil, err
+	}
+	a.state = health.MemberState{
+		Cluster: cfg.Cluster, Group: cfg.Group, Name: cfg.Name, Role: consulkv.RoleUnknown, State: "starting",
+		Tags: cfg.MemberTags(), APIURL: a.apiURL(), ConnURL: a.connURL(), TTL: a.dyn.TTL.D(),
+	}
+	a.api = health.NewServer(a, health.Options{
+		Listen: cfg.RestAPI.Listen,
+		Auth:   a.basicAuth(),
+		Log:    log.Named("api"),
+	})
+	return a, nil
+}
+
+func (a *Agent) basicAuth() *health.BasicAuth {
+	if a.cfg.RestAPI.Username == "" {
+		return nil
+	}
+	return &health.BasicAuth{Username: a.cfg.RestAPI.Username, Password: a.cfg.RestAPI.Password}
+}
+
+func (a *Agent) lockOptions() consulkv.LockOptions {
+	return consulkv.LockOptions{TTL: a.dyn.TTL.D(), LockDelay: a.dyn.LockDelay.D()}
+}
+
+func (a *Agent) apiURL() string { return "http://" + a.cfg.RestAPI.ConnectAddress }
+
+func (a *Agent) connURL() string {
+	return fmt.Sprintf("postgres://%s/postgres", net.JoinHostPort(a.cfg.PostgreSQL.ConnectAddress, fmt.Sprint(a.cfg.PostgreSQL.Port)))
+}
+
+// parameters merges pgmesh's defaults, the cluster's dynamic parameters and
+// the member's local ones (local wins, as in Patroni).
+func (a *Agent) parameters() map[string]string {
+	p := map[string]string{}
+	for k, v := range defaultParameters {
+		p[k] = v
+	}
+	for k, v := range a.dyn.Parameters {
+		p[k] = v
+	}
+	for k, v := range a.cfg.PostgreSQL.Parameters {
+		p[k] = v
+	}
+	return p
+}
+
+// rebuildPG (re)creates the PostgreSQL controller when the parameters it
+// renders changed.
+func (a *Agent) rebuildPG() error {
+	params := a.parameters()
+	a.pgMu.Lock()
+	defer a.pgMu.Unlock()
+	if a.pg != nil && mapsEqual(params, a.pgParams) {
+		return nil
+	}
+	c := a.cfg.PostgreSQL
+	inst, err := pg.New(pg.Config{
+		Name: a.cfg.Name, DataDir: c.DataDir, BinDir: c.BinDir, ListenAddr: c.Listen, ConnectHost: c.ConnectAddress,
+		Port: c.Port, Superuser: pg.Credentials{User: c.Superuser.Username, Password: c.Superuser.Password},
+		Replication: pg.Credentials{User: c.Replication.Username, Password: c.Replication.Password},
+		Parameters:  params, HBA: c.PgHBA, OSUser: c.OSUser,
+	}, a.log.Named("pg"))
+	if err != nil {
+		return fmt.Errorf("postgresql config: %w", err)
+	}
+	if a.pg != nil {
+		a.pg.Close()
+	}
+	a.pg, a.pgParams = inst, params
+	return nil
+}
+
+func (a *Agent) pgi() *pg.Instance {
+	a.pgMu.Lock()
+	defer a.pgMu.Unlock()
+	return a.pg
+}
+
+func mapsEqual(x, y map[string]string) bool {
+	if len(x) != len(y) {
+		return false
+	}
+	for k, v := range x {
+		if w, ok := y[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Wake makes the loop run now.
+func (a *Agent) Wake() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs the agent until ctx is cancelled, then shuts down gracefully: a
+// leader hands its WAL to a replica and releases the lock so the group fails
+// over within about one loop.
+func (a *Agent) Run(ctx context.Context) error {
+	a.started = time.Now()
+	a.log.Info("pgmesh agent starting", zap.String("version", version.Version), zap.String("api", a.apiURL()), zap.String("postgres", a.connURL()))
+	fw, err := startFenceWatchdog(a.log, a.pgi)
+	if err != nil {
+		return err
+	}
+	a.fw = fw
+	defer a.fw.close()
+	if err := a.api.Start(); err != nil {
+		return fmt.Errorf("rest api: %w", err)
+	}
+	defer a.api.Shutdown(context.Background())
+
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go a.watchGroup(watchCtx)
+
+	fenceCtx, stopFence := context.WithCancel(context.Background())
+	defer stopFence()
+	go a.leaseFence(fenceCtx)
+
+	for {
+		err := a.runOnce(ctx)
+		if errors.Is(err, ErrRefused) {
+			a.shutdown()
+			return err
+		}
+		timer := time.NewTimer(a.sleepTime())
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			a.shutdown()
+			return nil
+		case <-a.wake:
+		case req := <-a.manual:
+			req.done <- a.runManual(ctx, req)
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// sleepTime is loop_wait, shorter while Consul is failing so the lease is
+// renewed as soon as Consul is back.
+func (a *Agent) sleepTime() time.Duration {
+	d := a.dyn.LoopWait.D()
+	if !a.consulDownFrom.IsZero() && d > time.Second {
+		return time.Second
+	}
+	return d
+}
+
+// watchGroup wakes the loop when the group's leader or failover key
+// changes, so followers react to a released lock at once.
+func (a *Agent) watchGroup(ctx context.Context) {
+	var lastLeader string
+	var lastFailover uint64
+	var lastErr string
+	a.kv.WatchPrefix(ctx, a.kv.GroupPrefix(a.cfg.Group), consulkv.WatchOptions{
+		Wait: time.Minute,
+		OnError: func(err error) {
+			if err.Error() != lastErr {
+				a.log.Debug("group watch failing", zap.Error(err))
+				lastErr = err.Error()
+			}
+		},
+	}, func(index uint64, pairs consulkv.KVPairs) {
+		g := a.kv.DecodeGroup(a.cfg.Group, index, pairs)
+		leader := ""
+		if g.Leader != nil {
+			leader = g.Leader.Session + "/" + g.Leader.Member
+		}
+		if leader != lastLeader || g.FailoverIndex != lastFailover {
+			lastLeader, lastFailover = leader, g.FailoverIndex
+			a.Wake()
+		}
+	})
+}
+
+// leaseFence stops a primary whose lease ran out while the loop was stuck
+// (a Consul call hanging, a slow disk): the loop checks the lease only
+// between actions, this goroutine checks it on time.
+func (a *Agent) leaseFence(ctx context.Context) {
+	for {
+		wait := 200 * time.Millisecond
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		st := a.State()
+		if !st.Writable {
+			continue
+		}
+		if a.lock.LeaseValid(time.Now()) {
+			continue
+		}
+		a.log.Warn("fencing: lease expired while the loop was busy; stopping PostgreSQL immediately")
+		a.fence("lease expired")
+	}
+}
+
+// fence makes PostgreSQL stop accepting writes right now.
+func (a *Agent) fence(reason string) {
+	a.setState(func(s *health.MemberState) { s.Writable = false; s.IsLeader = false; s.State = "fenced"; s.Message = reason })
+	inst := a.pgi()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := inst.Stop(ctx, pg.StopImmediate); err != nil {
+		a.log.Error("fencing stop failed; killing the postmaster", zap.Error(err))
+		if err := inst.Kill(); err != nil {
+			a.log.Error("fencing kill failed", zap.Error(err))
+		}
+	}
+	a.fw.disarm()
+}
+
+// State implements health.Controller.
+func (a *Agent) State() health.MemberState {
+	a.stateMu.Lock()
+	defer a.stateMu.Unlock()
+	return a.state
+}
+
+func (a *Agent) setState(f func(*health.MemberState)) {
+	a.stateMu.Lock()
+	f(&a.state)
+	a.stateMu.Unlock()
+}
+
+func (a *Agent) logDecision(d Decision) {
+	key := d.Action.String() + "|" + d.Target + "|" + d.Reason
+	fields := []zap.Field{zap.String("action", d.Action.String()), zap.String("reason", d.Reason)}
+	if d.Target != "" {
+		fields = append(fields, zap.String("target", d.Target))
+	}
+	switch {
+	case key == a.lastDecision && (d.Action == ActNone || d.Action == ActKeepLeader):
+		a.log.Debug(d.Reason, fields...)
+	default:
+		a.log.Info(d.Reason, fields...)
+	}
+	a.lastDecision = key
+}
+
+func (a *Agent) logProblems(g *consulkv.GroupView) {
+	seen := map[string]bool{}
+	for _, p := range g.Problems {
+		msg := p.Error()
+		seen[msg] = true
+		if !a.lastProblems[msg] {
+			a.log.Warn("ignoring unreadable value in Consul (treated as absent)", zap.Error(p))
+		}
+	}
+	a.lastProblems = seen
+}
+
+func isUnreachable(err error) bool { return errors.Is(err, consulkv.ErrUnreachable) }
+
+func shortErr(err error) string {
+	s := err.Error()
+	if i := strings.Index(s, "\n"); i > 0 {
+		s = s[:i]
+	}
+	return s
+}

@@ -1,0 +1,326 @@
+package agent
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"github.com/pgmesh/pgmesh/consulkv"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is one agent's static configuration (its YAML file). Dynamic,
+// cluster-wide settings live in Consul's config key and are seeded from
+// Bootstrap on first start.
+type Config struct {
+	Cluster    string           `yaml:"cluster"`
+	Group      string           `yaml:"group"`
+	Name       string           `yaml:"name"`
+	Consul     ConsulConfig     `yaml:"consul"`
+	RestAPI    RestAPIConfig    `yaml:"restapi"`
+	PostgreSQL PostgreSQLConfig `yaml:"postgresql"`
+	Tags       TagsConfig       `yaml:"tags"`
+	Bootstrap  BootstrapConfig  `yaml:"bootstrap"`
+	Log        LogConfig        `yaml:"log"`
+}
+
+// ConsulConfig says how to reach Consul.
+type ConsulConfig struct {
+	Address            string `yaml:"address"`
+	Scheme             string `yaml:"scheme"`
+	Token              string `yaml:"token"`
+	Datacenter         string `yaml:"datacenter"`
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+	Prefix             string `yaml:"prefix"`
+}
+
+// RestAPIConfig configures the REST API.
+type RestAPIConfig struct {
+	Listen         string `yaml:"listen"`
+	ConnectAddress string `yaml:"connect_address"`
+	Username       string `yaml:"username"`
+	Password       string `yaml:"password"`
+}
+
+// Credentials of a PostgreSQL role.
+type Credentials struct {
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+// PostgreSQLConfig describes the local PostgreSQL.
+type PostgreSQLConfig struct {
+	DataDir        string            `yaml:"data_dir"`
+	BinDir         string            `yaml:"bin_dir"`
+	Listen         string            `yaml:"listen"`
+	ConnectAddress string            `yaml:"connect_address"`
+	Port           int               `yaml:"port"`
+	Superuser      Credentials       `yaml:"superuser"`
+	Replication    Credentials       `yaml:"replication"`
+	Parameters     map[string]string `yaml:"parameters"`
+	PgHBA          []string          `yaml:"pg_hba"`
+	// OSUser: when the agent runs as root, PostgreSQL programs run as this
+	// user (PostgreSQL refuses root).
+	OSUser string `yaml:"os_user"`
+}
+
+// TagsConfig are the member's HA tags.
+type TagsConfig struct {
+	NoFailover       bool              `yaml:"nofailover"`
+	FailoverPriority int               `yaml:"failover_priority"`
+	NoSync           bool              `yaml:"nosync"`
+	Custom           map[string]string `yaml:"custom"`
+}
+
+// BootstrapConfig seeds the cluster's dynamic config on first start.
+type BootstrapConfig struct {
+	DCS DynamicConfig `yaml:"dcs"`
+}
+
+// DynamicConfig is the YAML form of consulkv.ClusterConfig.
+type DynamicConfig struct {
+	TTL                  consulkv.Duration `yaml:"ttl"`
+	LoopWait             consulkv.Duration `yaml:"loop_wait"`
+	RetryTimeout         consulkv.Duration `yaml:"retry_timeout"`
+	LockDelay            consulkv.Duration `yaml:"lock_delay"`
+	MaximumLagOnFailover uint64            `yaml:"maximum_lag_on_failover"`
+	Parameters           map[string]string `yaml:"parameters"`
+}
+
+// ClusterConfig converts to the stored form (defaults filled).
+func (d DynamicConfig) ClusterConfig() consulkv.ClusterConfig {
+	return consulkv.ClusterConfig{
+		Version:              consulkv.ValueVersion,
+		TTL:                  d.TTL,
+		LoopWait:             d.LoopWait,
+		RetryTimeout:         d.RetryTimeout,
+		LockDelay:            d.LockDelay,
+		MaximumLagOnFailover: d.MaximumLagOnFailover,
+		Parameters:           d.Parameters,
+	}.WithDefaults()
+}
+
+// LogConfig sets logging.
+type LogConfig struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// LoadConfig reads a YAML file, applies PGMESH_* environment overrides and
+// defaults, and validates. Errors name the offending field.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return ParseConfig(data, os.Environ())
+}
+
+// ParseConfig is LoadConfig without the file: YAML bytes plus an
+// environment ("KEY=value" strings).
+func ParseConfig(data []byte, environ []string) (*Config, error) {
+	cfg := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && err.Error() != "EOF" {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if err := applyEnv(reflect.ValueOf(cfg).Elem(), "PGMESH", envMap(environ)); err != nil {
+		return nil, err
+	}
+	cfg.applyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+func envMap(environ []string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "PGMESH_") {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+var durationType = reflect.TypeOf(consulkv.Duration(0))
+
+// applyEnv sets every scalar field from PGMESH_<YAML_PATH> (upper case, dots
+// as underscores), e.g. PGMESH_POSTGRESQL_DATA_DIR or PGMESH_TAGS_NOFAILOVER.
+// Maps take PGMESH_<PATH>_<KEY> (e.g. PGMESH_POSTGRESQL_PARAMETERS_WORK_MEM
+// sets work_mem).
+func applyEnv(v reflect.Value, prefix string, env map[string]string) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := prefix + "_" + strings.ToUpper(tag)
+		fv := v.Field(i)
+		if f.Type.Kind() == reflect.Struct {
+			if err := applyEnv(fv, name, env); err != nil {
+				return err
+			}
+			continue
+		}
+		if f.Type.Kind() == reflect.Map && f.Type.Key().Kind() == reflect.String && f.Type.Elem().Kind() == reflect.String {
+			for k, val := range env {
+				if key, ok := strings.CutPrefix(k, name+"_"); ok && key != "" {
+					if fv.IsNil() {
+						fv.Set(reflect.MakeMap(f.Type))
+					}
+					fv.SetMapIndex(reflect.ValueOf(strings.ToLower(key)), reflect.ValueOf(val))
+				}
+			}
+			continue
+		}
+		raw, ok := env[name]
+		if !ok {
+			continue
+		}
+		field := strings.ToLower(strings.TrimPrefix(name, "PGMESH_"))
+		switch {
+		case f.Type == durationType:
+			var d consulkv.Duration
+			if err := d.Set(raw); err != nil {
+				return fmt.Errorf("config: %s (from %s): %v", field, name, err)
+			}
+			fv.SetInt(int64(d))
+		case f.Type.Kind() == reflect.String:
+			fv.SetString(raw)
+		case f.Type.Kind() == reflect.Bool:
+			b, err := strconv.ParseBool(raw)
+			if err != nil {
+				return fmt.Errorf("config: %s (from %s): %q is not a boolean", field, name, raw)
+			}
+			fv.SetBool(b)
+		case f.Type.Kind() == reflect.Int:
+			n, err := strconv.Atoi(raw)
+			if err != nil {
+				return fmt.Errorf("config: %s (from %s): %q is not an integer", field, name, raw)
+			}
+			fv.SetInt(int64(n))
+		case f.Type.Kind() == reflect.Uint64:
+			n, err := strconv.ParseUint(raw, 10, 64)
+			if err != nil {
+				return fmt.Errorf("config: %s (from %s): %q is not a non-negative integer", field, name, raw)
+			}
+			fv.SetUint(n)
+		case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.String:
+			var parts []string
+			for _, p := range strings.Split(raw, ";") {
+				if p = strings.TrimSpace(p); p != "" {
+					parts = append(parts, p)
+				}
+			}
+			fv.Set(reflect.ValueOf(parts))
+		}
+	}
+	return nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.Consul.Prefix == "" {
+		c.Consul.Prefix = consulkv.DefaultPrefix
+	}
+	if c.RestAPI.Listen == "" {
+		c.RestAPI.Listen = "127.0.0.1:8008"
+	}
+	if c.RestAPI.ConnectAddress == "" {
+		c.RestAPI.ConnectAddress = c.RestAPI.Listen
+	}
+	if c.PostgreSQL.BinDir == "" {
+		c.PostgreSQL.BinDir = "/usr/lib/postgresql/15/bin"
+	}
+	if c.PostgreSQL.Listen == "" {
+		c.PostgreSQL.Listen = "127.0.0.1"
+	}
+	if c.PostgreSQL.ConnectAddress == "" {
+		c.PostgreSQL.ConnectAddress = c.PostgreSQL.Listen
+	}
+	if c.PostgreSQL.Port == 0 {
+		c.PostgreSQL.Port = 5432
+	}
+	if c.PostgreSQL.Superuser.Username == "" {
+		c.PostgreSQL.Superuser.Username = "postgres"
+	}
+	if c.PostgreSQL.Replication.Username == "" {
+		c.PostgreSQL.Replication.Username = "replicator"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+}
+
+// Validate checks the configuration; errors name the field.
+func (c *Config) Validate() error {
+	for field, v := range map[string]string{"cluster": c.Cluster, "group": c.Group, "name": c.Name} {
+		if err := consulkv.ValidName(field, v); err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+	}
+	if c.PostgreSQL.DataDir == "" {
+		return fmt.Errorf("config: postgresql.data_dir is required")
+	}
+	if !strings.HasPrefix(c.PostgreSQL.DataDir, "/") {
+		return fmt.Errorf("config: postgresql.data_dir %q must be an absolute path", c.PostgreSQL.DataDir)
+	}
+	if c.PostgreSQL.Port < 1 || c.PostgreSQL.Port > 65535 {
+		return fmt.Errorf("config: postgresql.port %d out of range", c.PostgreSQL.Port)
+	}
+	if _, _, err := net.SplitHostPort(c.RestAPI.Listen); err != nil {
+		return fmt.Errorf("config: restapi.listen %q: want host:port", c.RestAPI.Listen)
+	}
+	if _, _, err := net.SplitHostPort(c.RestAPI.ConnectAddress); err != nil {
+		return fmt.Errorf("config: restapi.connect_address %q: want host:port", c.RestAPI.ConnectAddress)
+	}
+	if c.PostgreSQL.Replication.Password == "" {
+		return fmt.Errorf("config: postgresql.replication.password is required (replicas authenticate with it)")
+	}
+	if c.PostgreSQL.Superuser.Password == "" {
+		return fmt.Errorf("config: postgresql.superuser.password is required (pg_rewind and peers use it)")
+	}
+	if c.PostgreSQL.Superuser.Username == c.PostgreSQL.Replication.Username {
+		return fmt.Errorf("config: postgresql.replication.username must differ from postgresql.superuser.username")
+	}
+	if (c.RestAPI.Username == "") != (c.RestAPI.Password == "") {
+		return fmt.Errorf("config: restapi.username and restapi.password go together")
+	}
+	if c.Tags.FailoverPriority < 0 {
+		return fmt.Errorf("config: tags.failover_priority %d must not be negative", c.Tags.FailoverPriority)
+	}
+	dyn := c.Bootstrap.DCS.ClusterConfig()
+	if err := dyn.Validate(); err != nil {
+		return fmt.Errorf("config: bootstrap.dcs: %w", err)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		return fmt.Errorf("config: log.format %q: use json or console", c.Log.Format)
+	}
+	return nil
+}
+
+// MemberTags converts the tags to their stored form.
+func (c *Config) MemberTags() consulkv.MemberTags {
+	return consulkv.MemberTags{
+		NoFailover:       c.Tags.NoFailover,
+		FailoverPriority: c.Tags.FailoverPriority,
+		NoSync:           c.Tags.NoSync,
+		Custom:           c.Tags.Custom,
+	}
+}

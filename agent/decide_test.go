@@ -1,0 +1,302 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgmesh/pgmesh/consulkv"
+)
+
+var t0 = time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
+
+const sysid = "7300000000000000001"
+
+func member(name, role string, tl uint32, lsn uint64) *consulkv.MemberStatus {
+	return &consulkv.MemberStatus{Version: 1, Name: name, Role: role, State: "running", Host: "127.0.0.1", Port: 5432, Timeline: tl, ReplayLSN: lsn, WriteLSN: lsn}
+}
+
+// obs builds an observation of member "b" in a healthy 3-member group
+// whose leader is "a"; each case tweaks it.
+func obs(tweak func(*Observation)) Observation {
+	o := Observation{
+		Now:    t0,
+		Member: "b",
+		Config: consulkv.ClusterConfig{}.WithDefaults(),
+		Group: &consulkv.GroupView{
+			Name:       "g",
+			Initialize: &consulkv.Initialize{Version: 1, Member: "a", SystemID: sysid},
+			Leader:     &consulkv.LeaderInfo{Member: "a", Session: "sess-a"},
+			Members: map[string]*consulkv.MemberStatus{
+				"a": member("a", consulkv.RolePrimary, 1, 1000),
+				"b": member("b", consulkv.RoleReplica, 1, 1000),
+				"c": member("c", consulkv.RoleReplica, 1, 1000),
+			},
+			Status: &consulkv.GroupStatus{Version: 1, Leader: "a", LastLSN: 1000, Timeline: 1},
+		},
+		ConsulOK:   true,
+		Session:    "sess-b",
+		LeaseValid: true,
+		Local:      Local{HasDataDir: true, SystemID: sysid, Running: true, InRecovery: true, Timeline: 1, LastLSN: 1000, FollowingLeader: "a", Streaming: true},
+	}
+	if tweak != nil {
+		tweak(&o)
+	}
+	return o
+}
+
+// asLeader makes "b" the lock holder running as primary.
+func asLeader(o *Observation) {
+	o.Group.Leader = &consulkv.LeaderInfo{Member: "b", Session: "sess-b"}
+	o.Local.InRecovery = false
+	o.Local.FollowingLeader = ""
+	o.Local.Streaming = false
+	o.Group.Members["b"].Role = consulkv.RolePrimary
+	o.Group.Members["a"].Role = consulkv.RoleReplica
+}
+
+// noLeader removes the leader key and gives "b" the peers' answers.
+func noLeader(o *Observation) {
+	o.Group.Leader = nil
+	o.Local.FollowingLeader = ""
+	o.Local.Streaming = false
+	o.Peers = map[string]Peer{
+		"a": {Reachable: false},
+		"c": {Reachable: true, Running: true, Role: consulkv.RoleReplica, Timeline: 1, LastLSN: 900},
+	}
+}
+
+func TestDecide(t *testing.T) {
+	scheduled := t0.Add(time.Hour)
+	cases := []struct {
+		name      string
+		o         Observation
+		want      Action
+		target    string
+		immediate bool
+		release   bool
+		clear     bool
+		reason    string
+	}{
+		// Rule 1: store unreachable.
+		{name: "consul down, primary with valid lease keeps writing", o: obs(func(o *Observation) { asLeader(o); o.ConsulOK = false; o.Group = nil }), want: ActNone, reason: "lease still valid"},
+		{name: "consul down, lease expired: primary demotes at once", o: obs(func(o *Observation) { asLeader(o); o.ConsulOK = false; o.Group = nil; o.LeaseValid = false }), want: ActDemote, immediate: true, reason: "lease expired"},
+		{name: "consul down, replica stays as it is", o: obs(func(o *Observation) { o.ConsulOK = false; o.Group = nil; o.LeaseValid = false }), want: ActNone},
+		// Rule 2: no data dir.
+		{name: "fresh group: race initialize", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group = &consulkv.GroupView{Name: "g", Members: map[string]*consulkv.MemberStatus{}}
+		}), want: ActRaceInitialize},
+		{name: "fresh group while paused: no bootstrap", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Paused = true
+			o.Group = &consulkv.GroupView{Name: "g", Members: map[string]*consulkv.MemberStatus{}}
+		}), want: ActNone, reason: "paused"},
+		{name: "unreadable initialize key still counts as claimed", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group = &consulkv.GroupView{Name: "g", InitializeIndex: 5, Members: map[string]*consulkv.MemberStatus{}}
+		}), want: ActNone, reason: "waiting for a leader"},
+		{name: "won initialize but no data dir yet: bootstrap", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group.Leader = nil
+			o.Group.Initialize = &consulkv.Initialize{Version: 1, Member: "b"}
+		}), want: ActBootstrap},
+		{name: "no data dir, leader exists: clone", o: obs(func(o *Observation) { o.Local = Local{} }), want: ActClone, target: "a"},
+		{name: "no data dir, no leader: wait", o: obs(func(o *Observation) { o.Local = Local{}; o.Group.Leader = nil }), want: ActNone, reason: "waiting"},
+		// Rule 3: foreign data dir.
+		{name: "foreign system id: refuse", o: obs(func(o *Observation) { o.Local.SystemID = "42" }), want: ActRefuse, reason: "foreign"},
+		{name: "foreign system id running as primary: fence", o: obs(func(o *Observation) { o.Local.SystemID = "42"; o.Local.InRecovery = false }), want: ActDemote, immediate: true},
+		// Rule 4: lock is mine.
+		{name: "leader renews", o: obs(asLeader), want: ActKeepLeader},
+		{name: "leader with expired lease demotes without release", o: obs(func(o *Observation) { asLeader(o); o.LeaseValid = false }), want: ActDemote, immediate: true, release: false, reason: "lease expired"},
+		{name: "leader whose postgres is down starts it", o: obs(func(o *Observation) { asLeader(o); o.Local.Running = false }), want: ActStartPrimary},
+		{name: "paused leader whose postgres is down leaves it", o: obs(func(o *Observation) { asLeader(o); o.Local.Running = false; o.Paused = true }), want: ActNone, reason: "paused"},
+		{name: "lock holder still in recovery promotes", o: obs(func(o *Observation) { asLeader(o); o.Local.InRecovery = true }), want: ActPromote},
+		// Rule 5: someone else leads.
+		{name: "replica follows leader", o: obs(nil), want: ActNone, reason: "following leader a"},
+		{name: "replica pointing elsewhere re-follows", o: obs(func(o *Observation) { o.Local.FollowingLeader = "c" }), want: ActFollow, target: "a"},
+		{name: "stopped replica starts following", o: obs(func(o *Observation) { o.Local.Running = false; o.Local.FollowingLeader = "" }), want: ActFollow, target: "a"},
+		{name: "paused stopped replica stays down", o: obs(func(o *Observation) { o.Local.Running = false; o.Paused = true }), want: ActNone, reason: "paused"},
+		{name: "running primary sees another leader: demote", o: obs(func(o *Observation) { o.Local.InRecovery = false }), want: ActDemote, reason: "leader is a"},
+		{name: "former primary with diverged timeline: rewind", o: obs(func(o *Observation) {
+			o.Group.Members["a"].Timeline = 3
+			o.Local = Local{HasDataDir: true, SystemID: sysid, Timeline: 2, WasPrimary: true, PrimaryTimeline: 2}
+		}), want: ActRewind, target: "a"},
+		{name: "former primary waits for the leader's timeline", o: obs(func(o *Observation) {
+			o.Group.Members["a"].Timeline = 0
+			o.Local = Local{HasDataDir: true, SystemID: sysid, Timeline: 2, WasPrimary: true, PrimaryTimeline: 2}
+		}), want: ActNone, reason: "publish its timeline"},
+		{name: "replica stuck behind the leader's timeline: rewind", o: obs(func(o *Observation) {
+			o.Group.Members["a"].Timeline = 3
+			o.Local.Timeline = 2
+			o.Local.Streaming = false
+			o.Local.NotStreamingFor = time.Minute
+		}), want: ActRewind, target: "a"},
+		{name: "leader key with unreadable value: primary demotes", o: obs(func(o *Observation) {
+			o.Group.Leader = &consulkv.LeaderInfo{Session: "sess-x"}
+			o.Local.InRecovery = false
+		}), want: ActDemote},
+		{name: "stale session of mine holds the key: primary demotes", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Leader.Session = "old-sess"
+		}), want: ActDemote, reason: "stale session"},
+		{name: "leader not published yet: wait", o: obs(func(o *Observation) { delete(o.Group.Members, "a"); o.Local.FollowingLeader = "" }), want: ActNone, reason: "not published"},
+		// Rule 6: no leader.
+		{name: "healthiest replica races", o: obs(noLeader), want: ActAcquire},
+		{name: "peer with more WAL wins: do not race", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 2000}
+		}), want: ActNone, reason: "more WAL"},
+		{name: "nofailover never races", o: obs(func(o *Observation) { noLeader(o); o.Tags.NoFailover = true }), want: ActNone, reason: "nofailover"},
+		{name: "nofailover peer with more WAL does not block", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 2000, Tags: consulkv.MemberTags{NoFailover: true}}
+		}), want: ActAcquire},
+		{name: "lag beyond maximum_lag_on_failover never races", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Local.LastLSN = 10
+			o.Group.Status.LastLSN = 10 + 2<<20
+		}), want: ActNone, reason: "maximum_lag_on_failover"},
+		{name: "equal WAL: higher priority wins", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 1000, Tags: consulkv.MemberTags{FailoverPriority: 5}}
+		}), want: ActNone, reason: "priority"},
+		{name: "equal WAL and priority: name breaks the tie", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Member = "d"
+			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 1000}
+		}), want: ActNone, reason: "sorts first"},
+		{name: "equal WAL, my priority higher: race", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Tags.FailoverPriority = 3
+			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 1000, Tags: consulkv.MemberTags{FailoverPriority: 1}}
+		}), want: ActAcquire},
+		{name: "unreachable peers are ignored", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Peers["c"] = Peer{Reachable: false, LastLSN: 99999}
+		}), want: ActAcquire},
+		{name: "a peer still primary blocks the race", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Peers["a"] = Peer{Reachable: true, Running: true, Role: consulkv.RolePrimary, LastLSN: 1000}
+		}), want: ActNone, reason: "still runs as primary"},
+		{name: "primary whose key vanished re-acquires", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Local.InRecovery = false
+			o.Local.LastLSN = 1200
+		}), want: ActAcquire},
+		{name: "no leader and postgres down: start read-only", o: obs(func(o *Observation) { noLeader(o); o.Local.Running = false }), want: ActStartReadOnly},
+		// Rule 7: manual switchover / failover.
+		{name: "leader hands over to the named candidate", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", Candidate: "c", RequestedAt: t0}
+		}), want: ActSwitchover, target: "c"},
+		{name: "switchover without candidate picks the most advanced replica", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Members["c"].ReplayLSN = 1500
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", RequestedAt: t0}
+		}), want: ActSwitchover, target: "c"},
+		{name: "scheduled switchover waits", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", Candidate: "c", ScheduledAt: &scheduled, RequestedAt: t0}
+		}), want: ActKeepLeader, reason: "scheduled"},
+		{name: "switchover to a nofailover member is cancelled", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Members["c"].Tags.NoFailover = true
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", Candidate: "c", RequestedAt: t0}
+		}), want: ActKeepLeader, clear: true, reason: "nofailover"},
+		{name: "stale switchover naming another leader is cleared", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "a", Candidate: "c", RequestedAt: t0}
+		}), want: ActKeepLeader, clear: true},
+		{name: "candidate that became leader clears the request", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "a", Candidate: "b", RequestedAt: t0}
+		}), want: ActKeepLeader, clear: true},
+		{name: "candidate races when there is no leader", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 5000}
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindFailover, Candidate: "b", RequestedAt: t0}
+		}), want: ActAcquire},
+		{name: "non-candidate waits while a manual failover is pending", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindFailover, Candidate: "c", RequestedAt: t0}
+		}), want: ActNone, reason: "pending"},
+		{name: "a manual failover older than ttl no longer blocks the race", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindFailover, Candidate: "c", RequestedAt: t0.Add(-time.Hour)}
+		}), want: ActAcquire},
+		// Rule 8: pause.
+		{name: "paused: no race without a leader", o: obs(func(o *Observation) { noLeader(o); o.Paused = true }), want: ActNone, reason: "paused"},
+		{name: "paused running primary without key takes the lock", o: obs(func(o *Observation) { noLeader(o); o.Paused = true; o.Local.InRecovery = false }), want: ActAcquire},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d := Decide(tc.o)
+			if d.Action != tc.want {
+				t.Fatalf("action %s, want %s (%s)", d.Action, tc.want, d.Reason)
+			}
+			if tc.target != "" && d.Target != tc.target {
+				t.Errorf("target %q, want %q", d.Target, tc.target)
+			}
+			if d.Immediate != tc.immediate && (tc.want == ActDemote) {
+				t.Errorf("immediate %v, want %v", d.Immediate, tc.immediate)
+			}
+			if d.Release != tc.release {
+				t.Errorf("release %v, want %v", d.Release, tc.release)
+			}
+			if d.ClearFailover != tc.clear {
+				t.Errorf("clear failover %v, want %v", d.ClearFailover, tc.clear)
+			}
+			if tc.reason != "" && !strings.Contains(d.Reason, tc.reason) {
+				t.Errorf("reason %q does not mention %q", d.Reason, tc.reason)
+			}
+			if d.Reason == "" {
+				t.Error("every decision must say why")
+			}
+		})
+	}
+}
+
+// TestDecidePureAndSafe checks properties over many generated observations:
+// Decide never panics, and never keeps or makes a member writable without
+// both the lock and a valid lease.
+func TestDecideNeverWritableWithoutLockAndLease(t *testing.T) {
+	bools := []bool{false, true}
+	n := 0
+	for _, consulOK := range bools {
+		for _, lease := range bools {
+			for _, holds := range bools {
+				for _, running := range bools {
+					for _, inRecovery := range bools {
+						for _, paused := range bools {
+							o := obs(func(o *Observation) {
+								o.ConsulOK = consulOK
+								if !consulOK {
+									o.Group = nil
+								} else if holds {
+									o.Group.Leader = &consulkv.LeaderInfo{Member: "b", Session: "sess-b"}
+								}
+								o.LeaseValid = lease
+								o.Local.Running = running
+								o.Local.InRecovery = inRecovery
+								o.Paused = paused
+							})
+							d := Decide(o)
+							n++
+							primaryAfter := running && !inRecovery && d.Action != ActDemote
+							if d.Action == ActPromote || d.Action == ActStartPrimary || d.Action == ActKeepLeader {
+								primaryAfter = true
+							}
+							if primaryAfter && !lease && d.Action != ActAcquire {
+								t.Errorf("consulOK=%v lease=%v holds=%v running=%v recovery=%v paused=%v: %s leaves a writable primary without a lease", consulOK, lease, holds, running, inRecovery, paused, d)
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	if n != 64 {
+		t.Fatalf("covered %d combinations", n)
+	}
+}

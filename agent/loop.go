@@ -1,0 +1,316 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/health"
+	"github.com/pgmesh/pgmesh/internal/version"
+	"github.com/pgmesh/pgmesh/pg"
+	"go.uber.org/zap"
+)
+
+// runOnce is one observe → decide → act round.
+func (a *Agent) runOnce(ctx context.Context) error {
+	o := a.observe(ctx)
+	d := Decide(o)
+	a.logDecision(d)
+	if d.Action == ActRefuse {
+		a.setState(func(s *health.MemberState) { s.State = "refused"; s.Message = d.Reason })
+		return fmt.Errorf("%w: %s", ErrRefused, d.Reason)
+	}
+	if err := a.act(ctx, o, d); err != nil {
+		a.log.Error("action failed", zap.String("action", d.Action.String()), zap.String("target", d.Target), zap.Error(err))
+		a.setState(func(s *health.MemberState) { s.Message = fmt.Sprintf("%s failed: %s", d.Action, shortErr(err)) })
+	}
+	a.publish(ctx, o)
+	return nil
+}
+
+// observe gathers the observation: Consul (config, session, group), local
+// PostgreSQL, and peers when there is no leader.
+func (a *Agent) observe(ctx context.Context) Observation {
+	o := Observation{Member: a.cfg.Name, Tags: a.cfg.MemberTags(), ConsulOK: true}
+	a.refreshConfig(ctx)
+	o.Config = a.dyn
+	o.Paused = a.dyn.GroupPaused(a.cfg.Group)
+
+	if _, err := a.lock.EnsureSession(ctx); err != nil {
+		if errors.Is(err, consulkv.ErrSessionGone) {
+			a.log.Warn("session gone (expired or invalidated); creating a new one")
+			_, err = a.lock.EnsureSession(ctx)
+		}
+		if err != nil {
+			o.ConsulOK = false
+			a.noteConsulDown(err)
+		}
+	}
+	if o.ConsulOK {
+		g, err := a.kv.ReadGroup(ctx, a.cfg.Group)
+		if err != nil {
+			o.ConsulOK = false
+			a.noteConsulDown(err)
+		} else {
+			o.Group = g
+			a.lastGroup = g
+			a.logProblems(g)
+			if !a.consulDownFrom.IsZero() {
+				a.log.Info("consul reachable again", zap.Duration("after", time.Since(a.consulDownFrom).Round(time.Millisecond)))
+				a.consulDownFrom = time.Time{}
+			}
+		}
+	}
+	o.Session = a.lock.Session()
+	o.Now = time.Now()
+	o.LeaseValid = a.lock.LeaseValid(o.Now)
+	o.Local = a.observeLocal(ctx)
+	if o.Group != nil && o.Group.Leader == nil && o.Local.Running {
+		o.Peers = a.pollPeers(ctx, o.Group)
+	}
+	return o
+}
+
+func (a *Agent) noteConsulDown(err error) {
+	if a.consulDownFrom.IsZero() {
+		a.consulDownFrom = time.Now()
+		a.log.Warn("consul unreachable", zap.Error(err))
+		a.setState(func(s *health.MemberState) { s.Message = "consul unreachable: " + shortErr(err) })
+	}
+}
+
+// refreshConfig reads the dynamic config, seeding it from bootstrap.dcs on
+// first start. A garbage value keeps the last good config in force.
+func (a *Agent) refreshConfig(ctx context.Context) {
+	cfg, idx, err := a.kv.ReadConfig(ctx)
+	var de *consulkv.DecodeError
+	switch {
+	case errors.As(err, &de):
+		if a.lastProblems == nil || !a.lastProblems[de.Error()] {
+			a.log.Warn("ignoring unreadable dynamic config; keeping the last good one", zap.Error(err))
+		}
+		return
+	case err != nil:
+		return
+	case cfg == nil && idx == 0:
+		seed := a.cfg.Bootstrap.DCS.ClusterConfig()
+		if ok, err := a.kv.CAS(ctx, a.kv.ConfigKey(), &seed, 0); err == nil && ok {
+			a.log.Info("seeded the cluster's dynamic config from bootstrap.dcs", zap.Duration("ttl", seed.TTL.D()), zap.Duration("loop_wait", seed.LoopWait.D()))
+		}
+		return
+	}
+	next := cfg.WithDefaults()
+	if next.TTL != a.dyn.TTL || next.LockDelay != a.dyn.LockDelay || next.LoopWait != a.dyn.LoopWait || next.RetryTimeout != a.dyn.RetryTimeout {
+		a.log.Info("dynamic config changed", zap.Duration("ttl", next.TTL.D()), zap.Duration("loop_wait", next.LoopWait.D()), zap.Duration("retry_timeout", next.RetryTimeout.D()), zap.Duration("lock_delay", next.LockDelay.D()))
+	}
+	a.dyn = next
+	a.lock.SetOptions(a.lockOptions())
+	if err := a.rebuildPG(); err != nil {
+		a.log.Error("dynamic parameters rejected", zap.Error(err))
+	}
+}
+
+// observeLocal reads the local PostgreSQL state.
+func (a *Agent) observeLocal(ctx context.Context) Local {
+	inst := a.pgi()
+	l := Local{HasDataDir: inst.HasDataDir()}
+	if !l.HasDataDir {
+		return l
+	}
+	if cd, err := inst.ControlData(ctx); err == nil {
+		l.SystemID = strconv.FormatUint(cd.SystemID, 10)
+		l.Timeline = cd.Timeline
+		l.LastLSN = uint64(cd.CheckpointLSN)
+	} else {
+		a.log.Warn("pg_controldata failed", zap.Error(err))
+	}
+	if m, err := readMarker(inst.DataDir()); err == nil && m.Role == consulkv.RolePrimary {
+		l.WasPrimary, l.PrimaryTimeline = true, m.Timeline
+	}
+	running, _ := inst.IsRunning()
+	l.Running = running
+	if !running {
+		return l
+	}
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	st, err := inst.Status(sctx)
+	if err != nil {
+		// Still starting or overloaded: judge the role from standby.signal
+		// so an unanswering primary is never mistaken for a replica.
+		_, statErr := os.Stat(filepath.Join(inst.DataDir(), "standby.signal"))
+		l.InRecovery = statErr == nil
+		l.FollowingLeader = a.following
+		return l
+	}
+	l.InRecovery = st.InRecovery
+	l.Timeline = st.Timeline
+	l.LastLSN = uint64(st.LastLSN())
+	l.FollowingLeader = a.following
+	if st.WalReceiver != nil && st.WalReceiver.Status == "streaming" {
+		l.Streaming = true
+		a.lastStreaming = time.Now()
+	} else if l.InRecovery && a.following != "" {
+		if a.lastStreaming.IsZero() {
+			a.lastStreaming = time.Now()
+		}
+		l.NotStreamingFor = time.Since(a.lastStreaming)
+	}
+	a.setState(func(s *health.MemberState) {
+		s.PGVersion = st.ServerVersion
+		s.StartTime = st.StartTime
+		s.WriteLSN, s.ReceiveLSN, s.ReplayLSN = uint64(st.CurrentLSN), uint64(st.ReceiveLSN), uint64(st.ReplayLSN)
+		s.PendingRestart = len(st.PendingRestart) > 0
+	})
+	return l
+}
+
+// pollPeers asks the other members' REST APIs for their WAL positions,
+// with a short timeout: an unreachable peer is simply left out.
+func (a *Agent) pollPeers(ctx context.Context, g *consulkv.GroupView) map[string]Peer {
+	timeout := a.dyn.LoopWait.D()
+	if timeout > 2*time.Second || timeout < 500*time.Millisecond {
+		timeout = 2 * time.Second
+	}
+	peers := map[string]Peer{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: timeout}
+	for name, m := range g.Members {
+		if name == a.cfg.Name || m.APIURL == "" {
+			continue
+		}
+		wg.Add(1)
+		go func(name, url string) {
+			defer wg.Done()
+			p := Peer{}
+			if st, err := fetchPeer(ctx, client, url); err == nil {
+				p = Peer{Reachable: true, Running: st.State == "running", Role: st.Role, Timeline: st.Timeline, LastLSN: st.LastLSN(), Tags: consulkv.MemberTags(st.Tags)}
+			}
+			mu.Lock()
+			peers[name] = p
+			mu.Unlock()
+		}(name, m.APIURL)
+	}
+	wg.Wait()
+	return peers
+}
+
+func fetchPeer(ctx context.Context, client *http.Client, baseURL string) (*health.Status, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+"/patroni", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	st := &health.Status{}
+	if err := json.NewDecoder(resp.Body).Decode(st); err != nil {
+		return nil, fmt.Errorf("peer %s: %w", baseURL, err)
+	}
+	return st, nil
+}
+
+// publish writes the member key and refreshes the REST API's snapshot.
+func (a *Agent) publish(ctx context.Context, o Observation) {
+	local := a.observeLocal(ctx)
+	now := time.Now()
+	holds := o.Group != nil && o.Group.Leader != nil && o.Session != "" && o.Group.Leader.Session == o.Session
+	// A promotion or acquisition in this round changes who holds the lock;
+	// re-check what we know instead of trusting the observation.
+	if a.iAmLeaderNow != nil {
+		holds = *a.iAmLeaderNow
+		a.iAmLeaderNow = nil
+	}
+	leaseOK := a.lock.LeaseValid(now)
+	role := consulkv.RoleUnknown
+	state := "stopped"
+	if local.Running {
+		state = "running"
+		if local.InRecovery {
+			role = consulkv.RoleReplica
+		} else {
+			role = consulkv.RolePrimary
+		}
+	}
+	leaderName, leaderLSN := "", uint64(0)
+	if o.Group != nil {
+		if o.Group.Leader != nil {
+			leaderName = o.Group.Leader.Member
+		}
+		if o.Group.Status != nil {
+			leaderLSN = o.Group.Status.LastLSN
+		}
+	}
+	if holds {
+		leaderName = a.cfg.Name
+	}
+	a.setState(func(s *health.MemberState) {
+		s.Role, s.State = role, state
+		if s.Message != "" && (state == "running") && o.ConsulOK {
+			s.Message = ""
+		}
+		s.IsLeader = holds && leaseOK
+		s.Writable = holds && leaseOK && role == consulkv.RolePrimary
+		s.PGRunning = local.Running
+		s.Timeline = local.Timeline
+		s.Streaming = local.Streaming
+		s.LeaderName = leaderName
+		s.LeaderLastLSN = leaderLSN
+		s.SystemID = local.SystemID
+		s.Paused = o.Paused
+		s.LastLoop = now
+		s.TTL = a.dyn.TTL.D()
+		if role == consulkv.RolePrimary {
+			s.WriteLSN = local.LastLSN
+		}
+	})
+	if s := a.State(); s.Writable {
+		a.fw.arm(a.lock.LeaseUntil().Sub(time.Now()))
+	} else if !local.Running || role != consulkv.RolePrimary {
+		a.fw.disarm()
+	}
+	if !o.ConsulOK || o.Session == "" {
+		return
+	}
+	st := a.State()
+	m := &consulkv.MemberStatus{
+		Version: consulkv.ValueVersion, Name: a.cfg.Name, Group: a.cfg.Group, Role: role, State: state,
+		APIURL: a.apiURL(), ConnURL: a.connURL(), Host: a.cfg.PostgreSQL.ConnectAddress, Port: a.cfg.PostgreSQL.Port,
+		Timeline: local.Timeline, SystemID: local.SystemID, WriteLSN: st.WriteLSN, ReceiveLSN: st.ReceiveLSN, ReplayLSN: st.ReplayLSN,
+		Streaming: local.Streaming, Tags: a.cfg.MemberTags(), PGVersion: st.PGVersion, AgentVersion: version.Version,
+		Message: st.Message, UpdatedAt: now.UTC(),
+	}
+	if role == consulkv.RolePrimary {
+		m.ReceiveLSN, m.ReplayLSN = 0, 0
+	} else {
+		m.WriteLSN = 0
+	}
+	if err := a.kv.PutMember(ctx, a.cfg.Group, o.Session, m); err != nil {
+		a.log.Warn("could not write member key", zap.Error(err))
+	}
+}
+
+// replicationConn is how this member reaches a peer's PostgreSQL for
+// streaming and cloning.
+func (a *Agent) replicationConn(m *consulkv.MemberStatus) pg.ConnInfo {
+	return pg.ConnInfo{Host: m.Host, Port: m.Port, User: a.cfg.PostgreSQL.Replication.Username, Password: a.cfg.PostgreSQL.Replication.Password, DBName: "postgres", AppName: a.cfg.Name, ConnectTimeout: 3}
+}
+
+func (a *Agent) superuserConn(m *consulkv.MemberStatus) pg.ConnInfo {
+	return pg.ConnInfo{Host: m.Host, Port: m.Port, User: a.cfg.PostgreSQL.Superuser.Username, Password: a.cfg.PostgreSQL.Superuser.Password, DBName: "postgres", AppName: a.cfg.Name + "-rewind", ConnectTimeout: 3}
+}
+
+func (a *Agent) followTarget(m *consulkv.MemberStatus) *pg.FollowTarget {
+	return &pg.FollowTarget{Host: m.Host, Port: m.Port, SlotName: pg.SlotName(a.cfg.Name)}
+}
