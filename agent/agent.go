@@ -299,7 +299,12 @@ func (a *Agent) leaseFence(ctx context.Context) {
 
 // fence makes PostgreSQL stop accepting writes right now.
 func (a *Agent) fence(reason string) {
-	a.setState(func(s *health.MemberState) { s.Writable = false; s.IsLeader = false; s.State = "fenced"; s.Message = reason })
+	a.setState(func(s *health.MemberState) {
+		s.Writable = false
+		s.IsLeader = false
+		s.State = "fenced"
+		s.Message = reason
+	})
 	inst := a.pgi()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
