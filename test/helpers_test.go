@@ -1,6 +1,9 @@
 package test
 
 import (
+	"io"
+	"net/http"
+
 	"context"
 	"errors"
 	"fmt"
@@ -296,4 +299,19 @@ func (g *group) missing(m, table string, acked []int) ([]int, error) {
 		}
 	}
 	return miss, rows.Err()
+}
+
+func containsStr(s, sub string) bool { return strings.Contains(s, sub) }
+
+// post sends a JSON body to a member's REST API.
+func post(t *testing.T, addr, path, body string) (int, string) {
+	t.Helper()
+	client := &http.Client{Timeout: 90 * time.Second}
+	resp, err := client.Post("http://"+addr+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

@@ -343,3 +343,24 @@ func (a *Agent) APIStatus(path string) (int, map[string]any, error) {
 	json.NewDecoder(resp.Body).Decode(&body)
 	return resp.StatusCode, body, nil
 }
+
+// InitDataDir runs a plain initdb into the agent's data dir, giving it a
+// data directory that belongs to no pgmesh group (a foreign system id).
+func (a *Agent) InitDataDir() {
+	a.t.Helper()
+	cmd := exec.Command(filepath.Join(PostgresBinDir(), "initdb"), "-D", a.DataDir, "-U", "postgres", "--auth=trust", "--no-sync")
+	u, err := PostgresOSUser()
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	AsUser(cmd, u)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		a.t.Fatalf("initdb: %v\n%s", err, out)
+	}
+}
+
+// Log returns the agent's log so far.
+func (a *Agent) Log() string {
+	data, _ := os.ReadFile(a.LogPath)
+	return string(data)
+}
