@@ -42,6 +42,7 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		}
 		return a.leaderHousekeeping(ctx, o.Group)
 	case ActStartPrimary:
+		a.fw.arm(a.fenceDeadline(time.Now()))
 		if d.ClearFailover {
 			a.clearFailover(ctx, o.Group)
 		}
@@ -58,6 +59,7 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		a.following = ""
 		return a.start(ctx)
 	case ActPromote:
+		a.fw.arm(a.fenceDeadline(time.Now()))
 		if d.ClearFailover {
 			a.clearFailover(ctx, o.Group)
 		}
@@ -78,6 +80,9 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 			return nil
 		}
 		a.iAmLeaderNow = boolp(true)
+		// Arm the watchdog before PostgreSQL becomes writable: if the agent
+		// freezes mid-promotion, nothing else would stop it.
+		a.fw.arm(a.fenceDeadline(time.Now()))
 		a.log.Info("acquired the leader lock", zap.Uint64("last_lsn", o.Local.LastLSN))
 		if o.Local.InRecovery {
 			reason := "automatic failover"
@@ -155,6 +160,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		return fail(fmt.Errorf("could not take the leader lock after initdb (acquired=%v): %v", ok, err))
 	}
 	a.iAmLeaderNow = boolp(true)
+	a.fw.arm(a.fenceDeadline(time.Now()))
 	g, err := a.kv.ReadGroup(ctx, a.cfg.Group)
 	if err != nil {
 		return err
@@ -471,6 +477,11 @@ func (a *Agent) shutdown() {
 		}
 		if err := a.lock.Release(ctx); err != nil {
 			a.log.Warn("could not release the leader lock", zap.Error(err))
+		}
+	}
+	if !a.cfg.Consul.DisableRegistration {
+		if err := a.kv.DeregisterMember(ctx, a.cfg.Group, a.cfg.Name); err != nil {
+			a.log.Warn("could not deregister the service", zap.Error(err))
 		}
 	}
 	if err := a.lock.Destroy(ctx); err != nil {

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/health"
 	"github.com/pgmesh/pgmesh/internal/version"
@@ -53,6 +54,8 @@ type Agent struct {
 	lastProblems   map[string]bool
 	slotMembers    map[string]time.Time
 	lastGroup      *consulkv.GroupView
+	registeredSig  string
+	registeredAt   time.Time
 	consulDownFrom time.Time
 	// iAmLeaderNow, when set, overrides the observation's view of the
 	// lock for this round's publish (set by acquire/promote/release).
@@ -114,7 +117,29 @@ func (a *Agent) basicAuth() *health.BasicAuth {
 }
 
 func (a *Agent) lockOptions() consulkv.LockOptions {
-	return consulkv.LockOptions{TTL: a.dyn.TTL.D(), LockDelay: a.dyn.LockDelay.D()}
+	o := consulkv.LockOptions{TTL: a.dyn.TTL.D(), LockDelay: a.dyn.LockDelay.D()}
+	for _, c := range a.cfg.Consul.SessionChecks {
+		if c == "liveness" {
+			o.ServiceChecks = append(o.ServiceChecks, api.ServiceCheck{ID: a.kv.LivenessCheckID(a.cfg.Group, a.cfg.Name)})
+		} else {
+			o.NodeChecks = append(o.NodeChecks, c)
+		}
+	}
+	return o
+}
+
+// fenceDeadline is how long after now the watchdog may let PostgreSQL run
+// without hearing from the agent: the lease, and with session checks no more
+// than lock_delay, because a failing check frees the lock at once and a
+// successor may take it lock_delay later.
+func (a *Agent) fenceDeadline(now time.Time) time.Duration {
+	d := a.lock.LeaseUntil().Sub(now)
+	if len(a.cfg.Consul.SessionChecks) > 0 {
+		if c := a.dyn.LockDelay.D() - 200*time.Millisecond; c < d {
+			d = c
+		}
+	}
+	return d
 }
 
 func (a *Agent) apiURL() string { return "http://" + a.cfg.RestAPI.ConnectAddress }

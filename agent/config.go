@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
 	"gopkg.in/yaml.v3"
@@ -39,6 +40,16 @@ type ConsulConfig struct {
 	KeyFile            string `yaml:"key_file"`
 	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
 	Prefix             string `yaml:"prefix"`
+	// ServiceTags are added to the member's service registration.
+	ServiceTags []string `yaml:"service_tags"`
+	// DisableRegistration keeps the member out of Consul's catalog (no
+	// service, no DNS, no checks); the HA loop works the same.
+	DisableRegistration bool `yaml:"disable_registration"`
+	// SessionChecks tie the session (and so the leader lock) to health
+	// checks: "liveness" is the member's own agent-liveness check, any
+	// other value a node check ID such as "serfHealth". A check going
+	// critical frees the lock at once instead of after ttl.
+	SessionChecks []string `yaml:"session_checks"`
 }
 
 // RestAPIConfig configures the REST API.
@@ -307,6 +318,18 @@ func (c *Config) Validate() error {
 	if err := dyn.Validate(); err != nil {
 		return fmt.Errorf("config: bootstrap.dcs: %w", err)
 	}
+	if len(c.Consul.SessionChecks) > 0 {
+		if c.Consul.DisableRegistration && containsStr(c.Consul.SessionChecks, "liveness") {
+			return fmt.Errorf("config: consul.session_checks: \"liveness\" needs the service registration (consul.disable_registration is set)")
+		}
+		// A check can free the lock long before the lease ends; the old
+		// primary is fenced within lock_delay only if its watchdog deadline
+		// (re-armed every loop) fits inside lock_delay.
+		need := dyn.LoopWait.D() + dyn.RetryTimeout.D() + 500*time.Millisecond
+		if dyn.LockDelay.D() < need {
+			return fmt.Errorf("config: bootstrap.dcs.lock_delay %s: with consul.session_checks it must be at least loop_wait + retry_timeout + 0.5s (%s)", dyn.LockDelay, need)
+		}
+	}
 	switch c.Log.Format {
 	case "json", "console":
 	default:
@@ -323,4 +346,13 @@ func (c *Config) MemberTags() consulkv.MemberTags {
 		NoSync:           c.Tags.NoSync,
 		Custom:           c.Tags.Custom,
 	}
+}
+
+func containsStr(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }

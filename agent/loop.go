@@ -44,6 +44,11 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	o.Config = a.dyn
 	o.Paused = a.dyn.GroupPaused(a.cfg.Group)
 
+	if a.registeredSig == "" {
+		// Registered before the session exists: a session tied to the
+		// liveness check can only be created once that check exists.
+		a.register(ctx, a.State())
+	}
 	if _, err := a.lock.EnsureSession(ctx); err != nil {
 		if errors.Is(err, consulkv.ErrSessionGone) {
 			a.log.Warn("session gone (expired or invalidated); creating a new one")
@@ -276,7 +281,7 @@ func (a *Agent) publish(ctx context.Context, o Observation) {
 		}
 	})
 	if s := a.State(); s.Writable {
-		a.fw.arm(a.lock.LeaseUntil().Sub(time.Now()))
+		a.fw.arm(a.fenceDeadline(time.Now()))
 	} else if !local.Running || role != consulkv.RolePrimary {
 		a.fw.disarm()
 	}
@@ -299,6 +304,45 @@ func (a *Agent) publish(ctx context.Context, o Observation) {
 	if err := a.kv.PutMember(ctx, a.cfg.Group, o.Session, m); err != nil {
 		a.log.Warn("could not write member key", zap.Error(err))
 	}
+	a.register(ctx, st)
+}
+
+// memberService is the catalog registration for the current state.
+func (a *Agent) memberService(st health.MemberState) consulkv.MemberService {
+	role := st.Role
+	// A running primary without the lock is on its way down: never tag it
+	// primary, or DNS would list a node that refuses to be the leader.
+	if role == consulkv.RolePrimary && !st.Writable {
+		role = consulkv.RoleUnknown
+	}
+	passing := (role == consulkv.RolePrimary && st.Writable) || (role == consulkv.RoleReplica && st.PGRunning && st.Streaming)
+	return consulkv.MemberService{
+		Group: a.cfg.Group, Member: a.cfg.Name, Role: role, Address: a.cfg.PostgreSQL.ConnectAddress,
+		Port: a.cfg.PostgreSQL.Port, APIURL: a.apiURL(), Timeline: st.Timeline, ExtraTags: a.cfg.Consul.ServiceTags,
+		Passing: passing,
+	}
+}
+
+// register re-registers the member when its role or addresses changed,
+// and every 30s in case the local Consul agent lost its registrations.
+func (a *Agent) register(ctx context.Context, st health.MemberState) {
+	if a.cfg.Consul.DisableRegistration {
+		return
+	}
+	svc := a.memberService(st)
+	sig := svc.Signature()
+	if sig == a.registeredSig && time.Since(a.registeredAt) < 30*time.Second {
+		return
+	}
+	if err := a.kv.RegisterMember(ctx, svc); err != nil {
+		a.log.Warn("service registration failed; retrying next loop", zap.Error(err))
+		a.registeredSig = ""
+		return
+	}
+	if sig != a.registeredSig {
+		a.log.Info("registered service", zap.String("service_id", a.kv.ServiceID(a.cfg.Group, a.cfg.Name)), zap.Strings("tags", svc.Tags()))
+	}
+	a.registeredSig, a.registeredAt = sig, time.Now()
 }
 
 // replicationConn is how this member reaches a peer's PostgreSQL for

@@ -215,3 +215,64 @@ func TestSwitchoverGarbageAndShutdown(t *testing.T) {
 		t.Fatalf("foreign data dir: log does not say why:\n%s", foreign.Log())
 	}
 }
+
+// TestSessionTiedToLiveness: with consul.session_checks [liveness] a dead
+// primary host frees the lock as soon as its liveness check fails, long
+// before the ttl (20s here); a frozen agent's primary is fenced within
+// lock_delay so the faster takeover stays safe.
+func TestSessionTiedToLiveness(t *testing.T) {
+	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	g := startGroup(t, c, "g5", 3, nil, func(s *testbed.AgentSpec) {
+		s.TTL = 20 * time.Second
+		s.LoopWait = time.Second
+		s.RetryTimeout = time.Second
+		s.LockDelay = 2500 * time.Millisecond
+		s.ConsulExtra = "session_checks: [liveness]"
+	})
+	ctx := context.Background()
+	leader := g.waitHealthy(90 * time.Second)
+	s := g.startSampler()
+
+	killed := time.Now()
+	g.members[leader].KillHost()
+	var next string
+	testbed.Eventually(t, 30*time.Second, "a replica becomes writable", func() error {
+		for _, m := range g.order {
+			if m == leader {
+				continue
+			}
+			if w, err := g.members[m].IsWritable(ctx); err == nil && w {
+				next = m
+				return nil
+			}
+		}
+		return errors.New("none writable")
+	})
+	took := time.Since(killed)
+	t.Logf("session tied to liveness, ttl 20s: kill -9 of %s's host -> %s writable after %s", leader, next, took.Round(10*time.Millisecond))
+	if took > 10*time.Second {
+		t.Errorf("failover took %s; the liveness check should free the lock well before the 20s ttl", took)
+	}
+
+	frozen := next
+	g.members[frozen].Signal(syscall.SIGSTOP)
+	stopAt := time.Now()
+	var third string
+	testbed.Eventually(t, 30*time.Second, "a member takes over from the frozen one", func() error {
+		l, err := g.leader()
+		if err != nil || l == "" || l == frozen {
+			return fmt.Errorf("leader %q %v", l, err)
+		}
+		if w, err := g.members[l].IsWritable(ctx); err != nil || !w {
+			return fmt.Errorf("%s not writable yet", l)
+		}
+		third = l
+		return nil
+	})
+	t.Logf("frozen agent %s: %s writable after %s", frozen, third, time.Since(stopAt).Round(10*time.Millisecond))
+	g.members[frozen].Signal(syscall.SIGCONT)
+	overlaps, longest := s.finish()
+	if len(overlaps) > 0 {
+		t.Fatalf("two writable members at once (longest %s): %v", longest, overlaps)
+	}
+}

@@ -64,6 +64,7 @@ type AgentSpec struct {
 	// Dynamic config seeded on first start.
 	TTL, LoopWait, RetryTimeout, LockDelay time.Duration
 	Tags                                   string // extra YAML under tags:, e.g. "nofailover: true"
+	ConsulExtra                            string // extra YAML under consul:, e.g. "session_checks: [liveness]"
 	ExtraYAML                              string
 }
 
@@ -111,18 +112,13 @@ func NewAgent(t testing.TB, spec AgentSpec) *Agent {
 		APIAddr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), LogPath: filepath.Join(dir, "agent.log"),
 		CfgPath: filepath.Join(dir, "pgmesh.yml"), bin: PgmeshBinary(t), t: t,
 	}
-	tags := ""
-	if spec.Tags != "" {
-		for _, l := range strings.Split(spec.Tags, "\n") {
-			tags += "  " + l + "\n"
-		}
-	}
+	tags := indent(spec.Tags)
 	cfg := fmt.Sprintf(`cluster: %s
 group: %s
 name: %s
 consul:
   address: %s
-restapi:
+%srestapi:
   listen: %s
 postgresql:
   data_dir: %s
@@ -143,7 +139,7 @@ tags:
 log:
   level: debug
   format: json
-%s`, spec.Cluster, spec.Group, spec.Name, spec.ConsulAddr, a.APIAddr, a.DataDir, PostgresBinDir(), a.PGPort,
+%s`, spec.Cluster, spec.Group, spec.Name, spec.ConsulAddr, indent(spec.ConsulExtra), a.APIAddr, a.DataDir, PostgresBinDir(), a.PGPort,
 		tags, spec.TTL, spec.LoopWait, spec.RetryTimeout, spec.LockDelay, spec.ExtraYAML)
 	if err := os.WriteFile(a.CfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -363,4 +359,15 @@ func (a *Agent) InitDataDir() {
 func (a *Agent) Log() string {
 	data, _ := os.ReadFile(a.LogPath)
 	return string(data)
+}
+
+func indent(yaml string) string {
+	out := ""
+	if yaml == "" {
+		return out
+	}
+	for _, l := range strings.Split(strings.TrimRight(yaml, "\n"), "\n") {
+		out += "  " + l + "\n"
+	}
+	return out
 }

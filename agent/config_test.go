@@ -1,0 +1,91 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimalYAML = `
+cluster: demo
+group: n1
+name: n1-a
+postgresql:
+  data_dir: /var/lib/pgmesh/n1-a
+  superuser: {username: postgres, password: s}
+  replication: {username: replicator, password: r}
+`
+
+func TestParseConfigDefaultsAndEnv(t *testing.T) {
+	cfg, err := ParseConfig([]byte(minimalYAML+`
+bootstrap:
+  dcs:
+    ttl: 30
+    loop_wait: 5s
+    retry_timeout: 10
+`), []string{
+		"PGMESH_POSTGRESQL_PORT=6543",
+		"PGMESH_TAGS_NOFAILOVER=true",
+		"PGMESH_BOOTSTRAP_DCS_LOOP_WAIT=3s",
+		"PGMESH_POSTGRESQL_PARAMETERS_WORK_MEM=64MB",
+		"PGMESH_CONSUL_SESSION_CHECKS=",
+		"UNRELATED=1",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PostgreSQL.Port != 6543 || !cfg.Tags.NoFailover {
+		t.Fatalf("env overrides not applied: port %d nofailover %v", cfg.PostgreSQL.Port, cfg.Tags.NoFailover)
+	}
+	if cfg.PostgreSQL.Parameters["work_mem"] != "64MB" {
+		t.Fatalf("map override: %v", cfg.PostgreSQL.Parameters)
+	}
+	dyn := cfg.Bootstrap.DCS.ClusterConfig()
+	if dyn.TTL.D() != 30*time.Second || dyn.LoopWait.D() != 3*time.Second || dyn.RetryTimeout.D() != 10*time.Second {
+		t.Fatalf("dcs: %+v", dyn)
+	}
+	if cfg.RestAPI.Listen != "127.0.0.1:8008" || cfg.PostgreSQL.BinDir == "" || cfg.Consul.Prefix != "pgmesh" {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+}
+
+func TestParseConfigErrorsNameTheField(t *testing.T) {
+	cases := []struct {
+		yaml  string
+		env   []string
+		field string
+	}{
+		{yaml: strings.Replace(minimalYAML, "name: n1-a", "name: n1 a", 1), field: "name"},
+		{yaml: strings.Replace(minimalYAML, "cluster: demo", "", 1), field: "cluster"},
+		{yaml: strings.Replace(minimalYAML, "data_dir: /var/lib/pgmesh/n1-a", "data_dir: relative/dir", 1), field: "postgresql.data_dir"},
+		{yaml: strings.Replace(minimalYAML, "password: r", "password: \"\"", 1), field: "postgresql.replication.password"},
+		{yaml: minimalYAML + "bootstrap: {dcs: {ttl: 10, loop_wait: 5, retry_timeout: 5}}\n", field: "timing rule"},
+		{yaml: minimalYAML + "restapi: {listen: nonsense}\n", field: "restapi.listen"},
+		{yaml: minimalYAML + "unknown_section: 1\n", field: "unknown_section"},
+		{yaml: minimalYAML + "tags: {failover_priority: -1}\n", field: "tags.failover_priority"},
+		{yaml: minimalYAML, env: []string{"PGMESH_POSTGRESQL_PORT=abc"}, field: "postgresql_port"},
+		{yaml: minimalYAML, env: []string{"PGMESH_TAGS_NOFAILOVER=maybe"}, field: "tags_nofailover"},
+		{yaml: minimalYAML + "bootstrap: {dcs: {ttl: banana}}\n", field: "duration"},
+		{yaml: minimalYAML + "consul: {session_checks: [liveness]}\nbootstrap: {dcs: {lock_delay: 1s}}\n", field: "lock_delay"},
+		{yaml: minimalYAML + "log: {format: xml}\n", field: "log.format"},
+	}
+	for _, tc := range cases {
+		_, err := ParseConfig([]byte(tc.yaml), tc.env)
+		if err == nil || !strings.Contains(err.Error(), tc.field) {
+			t.Errorf("want an error naming %q, got %v", tc.field, err)
+		}
+	}
+}
+
+// FuzzParseConfig: any bytes give a config or an error, never a panic.
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(minimalYAML), "PGMESH_POSTGRESQL_PORT=1")
+	f.Add([]byte("cluster: [\n"), "")
+	f.Add([]byte(minimalYAML+"bootstrap: {dcs: {ttl: 1e400}}"), "PGMESH_BOOTSTRAP_DCS_TTL=-5")
+	f.Fuzz(func(t *testing.T, data []byte, env string) {
+		cfg, err := ParseConfig(data, strings.Split(env, "\n"))
+		if err == nil && cfg.Validate() != nil {
+			t.Fatal("ParseConfig returned a config that does not validate")
+		}
+	})
+}

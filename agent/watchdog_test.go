@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// startFakePostmaster runs a real process and writes its pid where the
+// watchdog looks for the postmaster's.
+func startFakePostmaster(t *testing.T) (dataDir string, cmd *exec.Cmd, exited chan struct{}) {
+	dataDir = t.TempDir()
+	cmd = exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited = make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	os.WriteFile(filepath.Join(dataDir, "postmaster.pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"+dataDir+"\n"), 0o600)
+	return dataDir, cmd, exited
+}
+
+func TestWatchdogFencesWhenTheLeaseRunsOut(t *testing.T) {
+	dir, _, exited := startFakePostmaster(t)
+	r, w := io.Pipe()
+	go RunFenceWatchdog(dir, r, zap.NewNop())
+	io.WriteString(w, "arm 300\n")
+	start := time.Now()
+	select {
+	case <-exited:
+		if d := time.Since(start); d < 250*time.Millisecond {
+			t.Fatalf("fenced after %s, before the 300ms deadline", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("watchdog did not fence after the deadline")
+	}
+	w.Close()
+}
+
+func TestWatchdogRearmAndDisarm(t *testing.T) {
+	dir, _, exited := startFakePostmaster(t)
+	r, w := io.Pipe()
+	done := make(chan struct{})
+	go func() { RunFenceWatchdog(dir, r, zap.NewNop()); close(done) }()
+	for i := 0; i < 6; i++ {
+		io.WriteString(w, "arm 200\n")
+		time.Sleep(100 * time.Millisecond)
+	}
+	io.WriteString(w, "disarm\n")
+	select {
+	case <-exited:
+		t.Fatal("fenced although re-armed in time and then disarmed")
+	case <-time.After(500 * time.Millisecond):
+	}
+	// Disarmed: the agent exiting must not fence.
+	w.Close()
+	<-done
+	select {
+	case <-exited:
+		t.Fatal("fenced on a clean exit while disarmed")
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func TestWatchdogFencesWhenTheAgentDiesArmed(t *testing.T) {
+	dir, _, exited := startFakePostmaster(t)
+	r, w := io.Pipe()
+	go RunFenceWatchdog(dir, r, zap.NewNop())
+	io.WriteString(w, "arm 60000\n")
+	time.Sleep(50 * time.Millisecond)
+	w.Close() // the agent is gone
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("watchdog did not fence when the agent died while armed")
+	}
+}

@@ -1,0 +1,148 @@
+package consulkv
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// MemberService describes how a member appears in Consul's catalog:
+// service <cluster>, ID <cluster>/<group>/<member>, PostgreSQL's address and
+// port, role tags, and HTTP checks against the agent's REST API.
+type MemberService struct {
+	Group, Member string
+	Role          string // primary | replica | unknown
+	Address       string
+	Port          int
+	APIURL        string
+	Timeline      uint32
+	ExtraTags     []string
+	// CheckInterval/CheckTimeout of the role check (default 1s/1s);
+	// DeregisterAfter removes a member whose check stays critical (≥1m).
+	CheckInterval, CheckTimeout, DeregisterAfter time.Duration
+	// Passing marks the role check passing at registration, so DNS answers
+	// at once instead of after the first check run; set it only when the
+	// agent's own view says the check would pass.
+	Passing bool
+}
+
+// ServiceID is the member's service ID.
+func (c *Client) ServiceID(group, member string) string {
+	return c.cluster + "/" + group + "/" + member
+}
+
+// RoleCheckID and LivenessCheckID name the member's two checks.
+func (c *Client) RoleCheckID(group, member string) string {
+	return "pgmesh:" + c.ServiceID(group, member) + ":role"
+}
+func (c *Client) LivenessCheckID(group, member string) string {
+	return "pgmesh:" + c.ServiceID(group, member) + ":liveness"
+}
+
+// Tags returns the service tags for s: role, group, group-role, extras.
+func (s MemberService) Tags() []string {
+	tags := []string{s.Group}
+	if s.Role == RolePrimary || s.Role == RoleReplica {
+		tags = append([]string{s.Role}, tags...)
+		tags = append(tags, s.Group+"-"+s.Role)
+	}
+	for _, t := range s.ExtraTags {
+		if t != "" && !containsString(tags, t) {
+			tags = append(tags, t)
+		}
+	}
+	return tags
+}
+
+func containsString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Signature changes whenever the registration must be redone.
+func (s MemberService) Signature() string {
+	t := s.Tags()
+	sort.Strings(t)
+	return fmt.Sprintf("%s|%s|%d|%s|%d|%s", s.Role, s.Address, s.Port, s.APIURL, s.Timeline, strings.Join(t, ","))
+}
+
+// RegisterMember (re-)registers the member with the local Consul agent.
+func (c *Client) RegisterMember(ctx context.Context, s MemberService) error {
+	interval, timeout, dereg := s.CheckInterval, s.CheckTimeout, s.DeregisterAfter
+	if interval <= 0 {
+		interval = time.Second
+	}
+	if timeout <= 0 {
+		timeout = time.Second
+	}
+	if dereg < time.Minute {
+		dereg = time.Minute
+	}
+	path := "/replica"
+	if s.Role == RolePrimary {
+		path = "/primary"
+	}
+	status := api.HealthCritical
+	if s.Passing {
+		status = api.HealthPassing
+	}
+	id := c.ServiceID(s.Group, s.Member)
+	reg := &api.AgentServiceRegistration{
+		ID:      id,
+		Name:    c.cluster,
+		Tags:    s.Tags(),
+		Address: s.Address,
+		Port:    s.Port,
+		Meta: map[string]string{
+			"group": s.Group, "member": s.Member, "role": s.Role,
+			"timeline": fmt.Sprint(s.Timeline), "api_url": s.APIURL,
+		},
+		Checks: api.AgentServiceChecks{
+			{
+				CheckID:                        c.RoleCheckID(s.Group, s.Member),
+				Name:                           "pgmesh " + s.Role + " check (GET " + path + ")",
+				HTTP:                           s.APIURL + path,
+				Method:                         "GET",
+				Interval:                       interval.String(),
+				Timeout:                        timeout.String(),
+				Status:                         status,
+				DeregisterCriticalServiceAfter: dereg.String(),
+			},
+			{
+				CheckID:  c.LivenessCheckID(s.Group, s.Member),
+				Name:     "pgmesh agent liveness (GET /liveness)",
+				HTTP:     s.APIURL + "/liveness",
+				Method:   "GET",
+				Interval: interval.String(),
+				Timeout:  timeout.String(),
+				Status:   api.HealthPassing,
+			},
+		},
+	}
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	opts := api.ServiceRegisterOpts{ReplaceExistingChecks: true}.WithContext(ctx)
+	if err := c.api.Agent().ServiceRegisterOpts(reg, opts); err != nil {
+		return classify("register service "+id, err)
+	}
+	return nil
+}
+
+// DeregisterMember removes the member's service and checks.
+func (c *Client) DeregisterMember(ctx context.Context, group, member string) error {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	id := c.ServiceID(group, member)
+	if err := c.api.Agent().ServiceDeregisterOpts(id, (&api.QueryOptions{}).WithContext(ctx)); err != nil {
+		return classify("deregister service "+id, err)
+	}
+	return nil
+}
