@@ -9,16 +9,56 @@ import (
 )
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:                 "pgmesh",
 		Usage:                "keep a multi-master PostgreSQL mesh highly available with Consul",
 		Version:              version.Version,
 		EnableBashCompletion: true,
+		// Connection flags are accepted before the command too, as in
+		// `pgmesh --cluster prod status`.
+		Flags: connFlags(),
 		Commands: []*cli.Command{
 			agentCommand(),
+			statusCommand(),
+			switchoverCommand(),
+			failoverCommand(),
+			pauseCommand(true),
+			pauseCommand(false),
+			configCommand(),
+			historyCommand(),
+			restartCommand(),
+			reloadCommand(),
+			reinitCommand(),
+			demoCommand(),
+			completionCommand(),
 			versionCommand(),
 			fenceWatchdogCommand(),
 		},
+		// main prints errors and picks the exit code, so every failure has
+		// the same "pgmesh: " shape whatever part of cli produced it.
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError:   onUsageError,
+		CommandNotFound: func(c *cli.Context, name string) {
+			fmt.Fprintf(c.App.ErrWriter, "pgmesh: unknown command %q; see pgmesh --help\n", name)
+			cli.OsExiter(exitUsage)
+		},
+	}
+	setUsageHandler(app.Commands)
+	return app
+}
+
+// onUsageError makes flag parsing errors exit 2, apart from operation
+// failures (1), as scripts expect of a CLI.
+func onUsageError(c *cli.Context, err error, _ bool) error {
+	return cli.Exit(err.Error(), exitUsage)
+}
+
+func setUsageHandler(cmds []*cli.Command) {
+	for _, c := range cmds {
+		if c.OnUsageError == nil {
+			c.OnUsageError = onUsageError
+		}
+		setUsageHandler(c.Subcommands)
 	}
 }
 

@@ -10,8 +10,10 @@ import (
 
 func main() {
 	app := newApp()
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintf(os.Stderr, "pgmesh: %v\n", err)
+	if err := app.Run(interspersed(app, os.Args)); err != nil {
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintf(os.Stderr, "pgmesh: %s\n", msg)
+		}
 		os.Exit(exitCode(err))
 	}
 }

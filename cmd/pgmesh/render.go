@@ -1,0 +1,259 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/internal/logging"
+	"github.com/pgmesh/pgmesh/routing"
+	"github.com/pgmesh/pgmesh/templates"
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+)
+
+const renderDescription = `Renders routing configuration from the live mesh and keeps it current: it
+watches Consul with blocking queries (the cluster's KV tree and the health of
+its service), builds the mesh model (groups, members, roles, health, lag, the
+local group) and executes Go text/template templates with it. A changed output
+is written next to the destination, checked with the validate command, renamed
+into place atomically and followed by the reload command — only when it
+changed, and never when validation failed (the last good file stays). Bursts
+of changes are debounced (200ms quiet, at most 2s). With haproxy_socket set,
+primary changes also go straight to HAProxy's runtime API.
+
+Shipped templates (--list, --show NAME): builtin:haproxy.cfg.tmpl,
+builtin:pg_service.conf.tmpl; haproxy.ctmpl is for consul-template.
+
+Configuration file (--config), every key optional unless noted:
+
+  cluster: mesh1                 # required here, with --cluster or PGMESH_CLUSTER
+  local_group: n1                # the group this router sits beside
+  consul: {address: 127.0.0.1:8500, token: "", prefix: pgmesh, datacenter: "",
+           ca_file: "", cert_file: "", key_file: ""}
+  debounce: 200ms                # quiet period before installing a change
+  max_delay: 2s                  # longest wait while changes keep coming
+  log: {level: info, format: json}
+  data:                          # template data (RenderData) for all templates
+    bind: ""                     # listen address, "" = all
+    socket: /run/haproxy/admin.sock   # stats socket line in haproxy.cfg
+    max_lag: 16MB                # replica lag bound (/replica?lag=)
+    ports: {write: 5000, read: 5001, stats: 7000, group_base: 5100}
+    dbname: postgres
+    user: postgres
+    sslmode: ""
+    connect_timeout: 2
+    vars: {log: "stdout format raw local0"}   # free-form, .Vars.<key>
+  templates:                     # required (or --template/--dest)
+    - template: builtin:haproxy.cfg.tmpl     # or a file path
+      destination: /etc/haproxy/haproxy.cfg  # "-" = standard output
+      perms: "0644"              # for a new file; an existing one keeps its own
+      validate: haproxy -c -f {{file}}       # candidate also in $PGMESH_RENDER_FILE
+      reload: systemctl reload haproxy
+      haproxy_socket: /run/haproxy/admin.sock
+      haproxy_backends: [write, read_primaries, "group_*"]
+      data: {ports: {write: 6000}}           # per-template overrides
+
+Flags win over the file, the file over the environment (CONSUL_HTTP_ADDR,
+CONSUL_HTTP_TOKEN, PGMESH_CLUSTER, PGMESH_LOCAL_GROUP). --template/--dest add
+one more template to those of the file.`
+
+func renderCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "render",
+		Usage: "render routing templates (HAProxy, pg_service.conf, …) from the live mesh and keep them current",
+		UsageText: "pgmesh render --config render.yml [--once]\n" +
+			"   pgmesh render --cluster C [--local-group G] --template builtin:haproxy.cfg.tmpl --dest FILE [--validate CMD] [--reload CMD] [--once]\n" +
+			"   pgmesh render --list | --show NAME",
+		Description: renderDescription,
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "render configuration `FILE` (YAML, see below)"},
+			&cli.BoolFlag{Name: "once", Usage: "render once and exit (exit 1 if any template failed)"},
+			&cli.StringFlag{Name: "local-group", Usage: "the `GROUP` this router sits beside (env PGMESH_LOCAL_GROUP)"},
+			&cli.StringFlag{Name: "template", Aliases: []string{"t"}, Usage: "template: builtin:`NAME` or a file", Category: "Single template"},
+			&cli.StringFlag{Name: "dest", Usage: "destination `FILE` (- = stdout)", Category: "Single template"},
+			&cli.StringFlag{Name: "validate", Usage: "validate `CMD` ({{file}} = candidate file)", Category: "Single template"},
+			&cli.StringFlag{Name: "reload", Usage: "reload `CMD`, run after a changed output was installed", Category: "Single template"},
+			&cli.StringFlag{Name: "perms", Usage: "octal `MODE` of a new destination file (default 0644)", Category: "Single template"},
+			&cli.StringFlag{Name: "haproxy-socket", Usage: "HAProxy stats socket `PATH` for runtime updates", Category: "Single template"},
+			&cli.StringFlag{Name: "bind", Usage: "listen `ADDRESS` for the HAProxy listeners", Category: "Template data"},
+			&cli.IntFlag{Name: "write-port", Usage: "write listener `PORT` (default 5000)", Category: "Template data"},
+			&cli.IntFlag{Name: "read-port", Usage: "read listener `PORT` (default 5001)", Category: "Template data"},
+			&cli.IntFlag{Name: "stats-port", Usage: "stats page `PORT` (default 7000)", Category: "Template data"},
+			&cli.IntFlag{Name: "group-base-port", Usage: "first per-group listener `PORT` (default 5100)", Category: "Template data"},
+			&cli.StringFlag{Name: "max-lag", Usage: "replica lag bound, bytes or `SIZE` like 16MB", Category: "Template data"},
+			&cli.StringFlag{Name: "socket", Usage: "stats socket `PATH` written into haproxy.cfg", Category: "Template data"},
+			&cli.StringFlag{Name: "dbname", Usage: "libpq `DBNAME` (default postgres)", Category: "Template data"},
+			&cli.StringFlag{Name: "user", Usage: "libpq `USER` (default postgres)", Category: "Template data"},
+			&cli.StringSliceFlag{Name: "var", Usage: "template variable `KEY=VALUE` (.Vars.KEY), repeatable", Category: "Template data"},
+			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (default info)"},
+			&cli.StringFlag{Name: "log-format", Usage: "json or console (default json)"},
+			&cli.BoolFlag{Name: "list", Usage: "list the shipped templates and exit"},
+			&cli.StringFlag{Name: "show", Usage: "print the shipped template `NAME` and exit"},
+		}, connFlags()...),
+		Action: runRender,
+	}
+}
+
+// pick resolves a setting: a flag (on the command or before it), then the
+// file, then the environment/default of the connection settings.
+func pick(c *cli.Context, name, fromFile string) string {
+	for _, p := range c.Lineage() {
+		if p.IsSet(name) {
+			return p.String(name)
+		}
+	}
+	if fromFile != "" {
+		return fromFile
+	}
+	return setting(c, name)
+}
+
+func runRender(c *cli.Context) error {
+	if c.Bool("list") {
+		for _, n := range templates.Names() {
+			fmt.Fprintln(c.App.Writer, routing.BuiltinPrefix+n)
+		}
+		return nil
+	}
+	if name := c.String("show"); name != "" {
+		b, err := templates.FS.ReadFile(strings.TrimPrefix(name, routing.BuiltinPrefix))
+		if err != nil {
+			return usageErr("render: no shipped template %q (have %s)", name, strings.Join(templates.Names(), ", "))
+		}
+		c.App.Writer.Write(b)
+		return nil
+	}
+	if c.NArg() > 0 {
+		return usageErr("render: unexpected argument %q (the configuration file goes with --config)", c.Args().First())
+	}
+
+	cfg := &routing.Config{}
+	if path := c.String("config"); path != "" {
+		var err error
+		if cfg, err = routing.LoadConfig(path); err != nil {
+			return usageErr("render: %s: %v", path, err)
+		}
+	}
+	cluster := pick(c, "cluster", cfg.Cluster)
+	if cluster == "" {
+		return usageErr("render: the cluster is required (--cluster, cluster: in the file, or PGMESH_CLUSTER)")
+	}
+	if err := consulkv.ValidName("cluster", cluster); err != nil {
+		return usageErr("render: --cluster: %v", err)
+	}
+	local := c.String("local-group")
+	if local == "" {
+		local = cfg.LocalGroup
+	}
+	if local == "" {
+		local = os.Getenv("PGMESH_LOCAL_GROUP")
+	}
+	if local != "" {
+		if err := consulkv.ValidName("local group", local); err != nil {
+			return usageErr("render: --local-group: %v", err)
+		}
+	}
+
+	entries, err := cfg.Entries()
+	if err != nil {
+		return usageErr("render: %v", err)
+	}
+	if t := c.String("template"); t != "" || c.String("dest") != "" {
+		ec := routing.EntryConfig{
+			Template: t, Destination: c.String("dest"), Validate: c.String("validate"), Reload: c.String("reload"),
+			Perms: c.String("perms"), HAProxySocket: c.String("haproxy-socket"),
+		}
+		e, err := ec.Entry()
+		if err != nil {
+			return usageErr("render: --template/--dest: %v", err)
+		}
+		entries = append(entries, e)
+	} else if c.IsSet("validate") || c.IsSet("reload") || c.IsSet("perms") || c.IsSet("haproxy-socket") {
+		return usageErr("render: --validate, --reload, --perms and --haproxy-socket go with --template and --dest")
+	}
+	if len(entries) == 0 {
+		return usageErr("render: nothing to render: give --config with templates, or --template and --dest")
+	}
+
+	data, err := flagData(c)
+	if err != nil {
+		return err
+	}
+	data = data.Over(cfg.Data)
+	if _, err := data.Resolve(); err != nil {
+		return usageErr("render: %v", err)
+	}
+
+	level, format := cfg.Log.Level, cfg.Log.Format
+	if v := c.String("log-level"); v != "" {
+		level = v
+	}
+	if v := c.String("log-format"); v != "" {
+		format = v
+	}
+	if level == "" {
+		level = "info"
+	}
+	log, err := logging.New(format, level)
+	if err != nil {
+		return usageErr("render: %v", err)
+	}
+	defer log.Sync()
+
+	kv, err := consulkv.New(consulkv.Config{
+		Address: pick(c, "consul", cfg.Consul.Address), Token: pick(c, "token", cfg.Consul.Token),
+		Prefix: pick(c, "prefix", cfg.Consul.Prefix), Datacenter: cfg.Consul.Datacenter,
+		CAFile: cfg.Consul.CAFile, CertFile: cfg.Consul.CertFile, KeyFile: cfg.Consul.KeyFile,
+		Cluster: cluster,
+	})
+	if err != nil {
+		return usageErr("render: %v", err)
+	}
+	debounce, maxDelay := cfg.DebounceDurations()
+	r, err := routing.New(routing.Options{
+		Client: kv, Cluster: cluster, LocalGroup: local, Entries: entries, Data: data,
+		Debounce: debounce, MaxDelay: maxDelay, Log: log, Stdout: c.App.Writer,
+	})
+	if err != nil {
+		return usageErr("render: %v", err)
+	}
+
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if c.Bool("once") {
+		if err := r.RenderOnce(ctx); err != nil {
+			if errors.Is(err, consulkv.ErrUnreachable) {
+				return failErr("render: cannot read the mesh from Consul at %s: %s", pick(c, "consul", cfg.Consul.Address), rootCause(err))
+			}
+			return failErr("render: %s", strings.TrimPrefix(err.Error(), "routing: "))
+		}
+		return nil
+	}
+	log.Info("rendering", zap.String("cluster", cluster), zap.String("local_group", local), zap.Int("templates", len(entries)))
+	return r.Run(ctx)
+}
+
+// flagData collects the template data given as flags.
+func flagData(c *cli.Context) (routing.DataConfig, error) {
+	d := routing.DataConfig{
+		Bind: c.String("bind"), Socket: c.String("socket"), MaxLag: c.String("max-lag"),
+		DBName: c.String("dbname"), DBUser: c.String("user"),
+		Ports: routing.PortConfig{Write: c.Int("write-port"), Read: c.Int("read-port"), Stats: c.Int("stats-port"), GroupBase: c.Int("group-base-port")},
+	}
+	for _, kv := range c.StringSlice("var") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return d, usageErr("render: --var %q: want KEY=VALUE", kv)
+		}
+		if d.Vars == nil {
+			d.Vars = map[string]string{}
+		}
+		d.Vars[k] = v
+	}
+	return d, nil
+}

@@ -1,0 +1,437 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/health"
+	"github.com/urfave/cli/v2"
+	"gopkg.in/yaml.v3"
+)
+
+// Roles as status reports them. They describe the group's lock and sync
+// key, not PostgreSQL's recovery state, like patronictl's list.
+const (
+	roleLeader        = "leader"
+	roleSyncStandby   = "sync_standby"
+	roleReplica       = "replica"
+	roleUninitialized = "uninitialized"
+)
+
+var roleTitles = map[string]string{
+	roleLeader:        "Leader",
+	roleSyncStandby:   "Sync Standby",
+	roleReplica:       "Replica",
+	roleUninitialized: "Uninitialized",
+}
+
+// statusDoc is the machine-readable status (-o json|yaml); the table is
+// rendered from the same document so both always agree.
+type statusDoc struct {
+	Cluster  string        `json:"cluster" yaml:"cluster"`
+	Paused   bool          `json:"paused" yaml:"paused"`
+	Groups   []groupStatus `json:"groups" yaml:"groups"`
+	Problems []string      `json:"problems" yaml:"problems"`
+}
+
+type groupStatus struct {
+	Name     string `json:"name" yaml:"name"`
+	SystemID string `json:"system_id,omitempty" yaml:"system_id,omitempty"`
+	Leader   string `json:"leader" yaml:"leader"`
+	Paused   bool   `json:"paused" yaml:"paused"`
+	Timeline uint32 `json:"timeline,omitempty" yaml:"timeline,omitempty"`
+	// LastLSN is the leader's last published position, the lag reference.
+	LastLSN  string         `json:"last_lsn,omitempty" yaml:"last_lsn,omitempty"`
+	Members  []memberStatus `json:"members" yaml:"members"`
+	Pending  *pendingSwitch `json:"pending_switchover,omitempty" yaml:"pending_switchover,omitempty"`
+	Problems []string       `json:"problems,omitempty" yaml:"problems,omitempty"`
+}
+
+type memberStatus struct {
+	Name       string `json:"name" yaml:"name"`
+	Host       string `json:"host" yaml:"host"`
+	Port       int    `json:"port" yaml:"port"`
+	Role       string `json:"role" yaml:"role"`
+	State      string `json:"state" yaml:"state"`
+	Timeline   uint32 `json:"timeline,omitempty" yaml:"timeline,omitempty"`
+	WriteLSN   string `json:"write_lsn,omitempty" yaml:"write_lsn,omitempty"`
+	ReceiveLSN string `json:"receive_lsn,omitempty" yaml:"receive_lsn,omitempty"`
+	ReplayLSN  string `json:"replay_lsn,omitempty" yaml:"replay_lsn,omitempty"`
+	// LagBytes is absent for the leader and when either position is unknown.
+	LagBytes *uint64           `json:"lag_bytes,omitempty" yaml:"lag_bytes,omitempty"`
+	Tags     map[string]string `json:"tags,omitempty" yaml:"tags,omitempty"`
+	APIURL   string            `json:"api_url,omitempty" yaml:"api_url,omitempty"`
+	Message  string            `json:"message,omitempty" yaml:"message,omitempty"`
+	Updated  time.Time         `json:"updated_at" yaml:"updated_at"`
+}
+
+type pendingSwitch struct {
+	Kind        string     `json:"kind" yaml:"kind"`
+	From        string     `json:"from,omitempty" yaml:"from,omitempty"`
+	To          string     `json:"to,omitempty" yaml:"to,omitempty"`
+	ScheduledAt *time.Time `json:"scheduled_at,omitempty" yaml:"scheduled_at,omitempty"`
+	RequestedAt time.Time  `json:"requested_at" yaml:"requested_at"`
+}
+
+// formatLSN leaves unknown positions blank rather than printing 0/0, which
+// would read as "at the very start of WAL".
+func formatLSN(l uint64) string {
+	if l == 0 {
+		return ""
+	}
+	return health.FormatLSN(l)
+}
+
+// buildStatus turns one consistent read of the cluster into the status
+// document. It is pure so the table can be tested without Consul.
+func buildStatus(cluster string, v *consulkv.ClusterView, only string) statusDoc {
+	doc := statusDoc{Cluster: cluster, Groups: []groupStatus{}, Problems: []string{}}
+	var cfg consulkv.ClusterConfig
+	if v.Config != nil {
+		cfg = *v.Config
+	}
+	doc.Paused = cfg.Paused
+	for _, p := range v.Problems {
+		msg := trimPkg(p.Error())
+		if only != "" && groupProblem(msg) && !strings.Contains(msg, "/groups/"+only+"/") {
+			continue
+		}
+		doc.Problems = append(doc.Problems, msg)
+	}
+	for _, name := range v.GroupNames() {
+		if only != "" && name != only {
+			continue
+		}
+		doc.Groups = append(doc.Groups, buildGroup(v.Groups[name], cfg.GroupPaused(name)))
+	}
+	return doc
+}
+
+func buildGroup(g *consulkv.GroupView, paused bool) groupStatus {
+	gs := groupStatus{Name: g.Name, Paused: paused, Members: []memberStatus{}}
+	leader := leaderName(g)
+	gs.Leader = leader
+	if g.Initialize != nil {
+		gs.SystemID = g.Initialize.SystemID
+	}
+	// The same lag reference the agents use (health.newClusterStatus): the
+	// leader's published position, or its own member key if that is newer.
+	var ref uint64
+	if g.Status != nil && g.Status.Leader == leader {
+		ref = g.Status.LastLSN
+		gs.Timeline = g.Status.Timeline
+	}
+	if lm := g.Members[leader]; lm != nil {
+		ref = max(ref, lm.LastLSN())
+		if lm.Timeline > gs.Timeline {
+			gs.Timeline = lm.Timeline
+		}
+	}
+	gs.LastLSN = formatLSN(ref)
+	var sync []string
+	if g.Sync != nil && leader != "" && g.Sync.Leader == leader {
+		sync = g.Sync.SyncStandbys
+	}
+	for _, n := range g.MemberNames() {
+		m := g.Members[n]
+		ms := memberStatus{
+			Name: n, Host: m.Host, Port: m.Port, State: m.State, Timeline: m.Timeline,
+			WriteLSN: formatLSN(m.WriteLSN), ReceiveLSN: formatLSN(m.ReceiveLSN), ReplayLSN: formatLSN(m.ReplayLSN),
+			Tags: tagMap(m.Tags), APIURL: m.APIURL, Message: m.Message, Updated: m.UpdatedAt,
+		}
+		switch {
+		case n == leader:
+			ms.Role = roleLeader
+		case contains(sync, n):
+			ms.Role = roleSyncStandby
+		case m.Role != consulkv.RolePrimary && m.Timeline == 0 && m.SystemID == "":
+			// No data directory yet (bootstrapping or cloning): calling it a
+			// replica would suggest it could take over.
+			ms.Role = roleUninitialized
+		default:
+			ms.Role = roleReplica
+		}
+		if n != leader {
+			if own := max(m.ReceiveLSN, m.ReplayLSN); ref != 0 && own != 0 {
+				var lag uint64
+				if own < ref {
+					lag = ref - own
+				}
+				ms.LagBytes = &lag
+			}
+			if m.Role == consulkv.RoleReplica && m.State == "running" && m.Streaming {
+				ms.State = "streaming"
+			}
+		}
+		gs.Members = append(gs.Members, ms)
+	}
+	if f := g.Failover; f != nil {
+		gs.Pending = &pendingSwitch{Kind: f.Kind, From: f.Leader, To: f.Candidate, ScheduledAt: f.ScheduledAt, RequestedAt: f.RequestedAt}
+	}
+	if leader == "" && g.Leader != nil {
+		gs.Problems = append(gs.Problems, "the leader key is locked but its value is unreadable")
+	}
+	for _, p := range g.Problems {
+		gs.Problems = append(gs.Problems, trimPkg(p.Error()))
+	}
+	return gs
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// tagMap flattens member tags the way the REST API shows them.
+func tagMap(t consulkv.MemberTags) map[string]string {
+	m := map[string]string{}
+	for k, v := range t.Custom {
+		m[k] = v
+	}
+	if t.NoFailover {
+		m["nofailover"] = "true"
+	}
+	if t.NoSync {
+		m["nosync"] = "true"
+	}
+	if t.FailoverPriority != 0 {
+		m["failover_priority"] = strconv.Itoa(t.FailoverPriority)
+	}
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+func formatTags(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if m[k] == "true" {
+			parts = append(parts, k)
+		} else {
+			parts = append(parts, k+"="+m[k])
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// formatLagMB rounds like patronictl (whole MB); a replica that is behind
+// by less than half a MB shows 0, one whose lag is unknown says so.
+func formatLagMB(m memberStatus) string {
+	if m.Role == roleLeader {
+		return ""
+	}
+	if m.LagBytes == nil {
+		return "unknown"
+	}
+	return strconv.FormatUint((*m.LagBytes+(1<<19))>>20, 10)
+}
+
+// renderStatus writes the human table: a header, one table per group and
+// footer lines for whatever needs an operator's attention.
+func renderStatus(w io.Writer, doc statusDoc) {
+	fmt.Fprintf(w, "Cluster: %s\n", doc.Cluster)
+	for _, g := range doc.Groups {
+		sys := g.SystemID
+		if sys == "" {
+			sys = "not initialized"
+		}
+		fmt.Fprintf(w, "\nGroup: %s (system id %s)\n", g.Name, sys)
+		var tb strings.Builder
+		tw := tabwriter.NewWriter(&tb, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "Member\tHost:Port\tRole\tState\tTL\tReceive LSN\tReplay LSN\tLag in MB\tTags")
+		for _, m := range g.Members {
+			tl := ""
+			if m.Timeline != 0 {
+				tl = strconv.FormatUint(uint64(m.Timeline), 10)
+			}
+			hp := m.Host
+			if m.Port != 0 {
+				hp = fmt.Sprintf("%s:%d", m.Host, m.Port)
+			}
+			recv, replay := m.ReceiveLSN, m.ReplayLSN
+			if m.Role == roleLeader {
+				recv = m.WriteLSN
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, hp, roleTitles[m.Role], m.State, tl,
+				recv, replay, formatLagMB(m), formatTags(m.Tags))
+		}
+		tw.Flush()
+		writeTrimmed(w, tb.String())
+	}
+	if lines := footer(doc); len(lines) > 0 {
+		fmt.Fprintln(w)
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+	}
+}
+
+// writeTrimmed drops the padding tabwriter leaves after the last non-empty
+// cell, so copied output and golden comparisons carry no trailing blanks.
+func writeTrimmed(w io.Writer, s string) {
+	for _, l := range strings.SplitAfter(s, "\n") {
+		if l == "" {
+			continue
+		}
+		fmt.Fprintln(w, strings.TrimRight(l, " \n"))
+	}
+}
+
+func footer(doc statusDoc) []string {
+	var out []string
+	if doc.Paused {
+		out = append(out, "Cluster is paused: no automatic failover, start or stop in any group.")
+	}
+	for _, g := range doc.Groups {
+		if g.Paused && !doc.Paused {
+			out = append(out, fmt.Sprintf("Group %s is paused: no automatic failover, start or stop.", g.Name))
+		}
+		if g.Leader == "" && len(g.Members) > 0 {
+			out = append(out, fmt.Sprintf("Group %s has no leader.", g.Name))
+		}
+		if p := g.Pending; p != nil {
+			what := "Switchover"
+			if p.Kind == consulkv.KindFailover {
+				what = "Failover"
+			}
+			to := p.To
+			if to == "" {
+				to = "any healthy replica"
+			}
+			from := ""
+			if p.From != "" {
+				from = " from " + p.From
+			}
+			if p.ScheduledAt != nil {
+				out = append(out, fmt.Sprintf("%s scheduled in group %s%s to %s at %s.", what, g.Name, from, to, p.ScheduledAt.Local().Format(time.RFC3339)))
+			} else {
+				out = append(out, fmt.Sprintf("%s pending in group %s%s to %s (requested %s).", what, g.Name, from, to, p.RequestedAt.Local().Format(time.RFC3339)))
+			}
+		}
+		for _, p := range g.Problems {
+			out = append(out, "Consul problem: "+p)
+		}
+	}
+	// Cluster problems repeat every group's (shown above, or filtered out
+	// by --group); what is left is the config key's.
+	for _, p := range doc.Problems {
+		if !groupProblem(p) {
+			out = append(out, "Consul problem: "+p)
+		}
+	}
+	return out
+}
+
+// groupProblem: a cluster-level problem that belongs to some group (maybe
+// one filtered out by --group, which must not be reported).
+func groupProblem(p string) bool { return strings.Contains(p, "/groups/") }
+
+func outputFlag(values string) cli.Flag {
+	return &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "output format: " + values}
+}
+
+func writeDoc(w io.Writer, format string, doc any) error {
+	switch format {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(doc)
+	case "yaml":
+		enc := yaml.NewEncoder(w)
+		enc.SetIndent(2)
+		if err := enc.Encode(doc); err != nil {
+			return err
+		}
+		return enc.Close()
+	}
+	return fmt.Errorf("unknown output format %q", format)
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:    "status",
+		Aliases: []string{"list"},
+		Usage:   "show every group and member of the mesh: roles, state, timelines, lag",
+		Flags: append([]cli.Flag{
+			groupFlag("show only this group"),
+			outputFlag("table, json or yaml"),
+			&cli.IntFlag{Name: "watch", Aliases: []string{"w"}, Usage: "refresh every `N` seconds until Ctrl-C"},
+		}, connFlags()...),
+		Action: runStatus,
+	}
+}
+
+func runStatus(c *cli.Context) error {
+	format := c.String("output")
+	switch format {
+	case "table", "json", "yaml":
+	default:
+		return usageErr("status: -o must be table, json or yaml, not %q", format)
+	}
+	if c.Int("watch") < 0 {
+		return usageErr("status: --watch must be a positive number of seconds")
+	}
+	s, err := newOpConn(c)
+	if err != nil {
+		return err
+	}
+	group := c.String("group")
+	once := func(ctx context.Context) error {
+		v, err := s.readCluster(ctx)
+		if err != nil {
+			return err
+		}
+		if group != "" && v.Groups[group] == nil {
+			return failErr("group %q not found in cluster %q (groups: %s)", group, s.cluster, strings.Join(v.GroupNames(), ", "))
+		}
+		doc := buildStatus(s.cluster, v, group)
+		if format == "table" {
+			renderStatus(s.out, doc)
+			return nil
+		}
+		return writeDoc(s.out, format, doc)
+	}
+	n := c.Int("watch")
+	if n == 0 {
+		return once(c.Context)
+	}
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	tick := time.NewTicker(time.Duration(n) * time.Second)
+	defer tick.Stop()
+	for {
+		// Clear and home the cursor; errors are shown in place of the table
+		// so a Consul outage is visible without ending the watch.
+		fmt.Fprint(s.out, "\033[H\033[2J")
+		fmt.Fprintf(s.out, "%s, every %ds (Ctrl-C to stop)\n\n", time.Now().Format("2006-01-02 15:04:05"), n)
+		if err := once(ctx); err != nil {
+			fmt.Fprintln(s.out, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,126 @@
+package test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgmesh/pgmesh/test/testbed"
+)
+
+// TestDemo runs `pgmesh demo` the way the README tells a newcomer to, on a
+// small shape and free ports: it must come up, print the endpoints and
+// status, answer a write on every group's primary, and stop everything on
+// Ctrl-C.
+func TestDemo(t *testing.T) {
+	bin := testbed.PgmeshBinary(t)
+	consulBin, err := testbed.ConsulBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	work := filepath.Join(testbed.OwnedDir(t), "demo")
+	cport := testbed.FreePort(t)
+	for i := 1; i <= 3; i++ {
+		testbed.FreePort(t) // keep Consul's server/serf ports (cport+1..3) from other tests
+	}
+	args := []string{"demo", "--workdir", work, "--groups", "2", "--members", "2", "--consul-bin", consulBin,
+		"--consul-port", fmt.Sprint(cport), "--dns-port", fmt.Sprint(testbed.FreePort(t)),
+		"--pg-port", fmt.Sprint(40000 + os.Getpid()%5000), "--api-port", fmt.Sprint(46000 + os.Getpid()%5000)}
+	cmd := exec.Command(bin, args...)
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	lines := make(chan string, 1000)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	var out []string
+	deadline := time.After(3 * time.Minute)
+	up := false
+	for !up {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("demo exited before it was up:\n%s", strings.Join(out, "\n"))
+			}
+			out = append(out, l)
+			if strings.Contains(l, "Press Ctrl-C") {
+				up = true
+			}
+		case <-deadline:
+			t.Fatalf("demo not up after 3 minutes:\n%s", strings.Join(out, "\n"))
+		}
+	}
+	text := strings.Join(out, "\n")
+	for _, want := range []string{"is up", "primary.demo.service.consul", "Group: n1", "Group: n2", "Leader"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, text)
+		}
+	}
+	// Every group's leader takes a write.
+	writable := map[string]bool{}
+	for _, l := range out {
+		i := strings.Index(l, "psql \"")
+		if i < 0 {
+			continue
+		}
+		dsn := l[i+6:]
+		dsn = dsn[:strings.Index(dsn, "\"")]
+		group := strings.Fields(l)[0]
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, err := pgx.Connect(ctx, dsn+" sslmode=disable")
+		if err == nil {
+			var inRecovery bool
+			if conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery) == nil && !inRecovery {
+				if _, err := conn.Exec(ctx, "CREATE TABLE demo_check(id int)"); err == nil {
+					writable[group] = true
+				}
+			}
+			conn.Close(ctx)
+		}
+		cancel()
+	}
+	if len(writable) != 2 {
+		t.Fatalf("writable groups %v, want n1 and n2", writable)
+	}
+	status := exec.Command(bin, "status", "--consul", fmt.Sprintf("127.0.0.1:%d", cport), "--cluster", "demo", "-o", "json")
+	js, err := status.Output()
+	if err != nil || !strings.Contains(string(js), "\"n2\"") {
+		t.Fatalf("status -o json: %v\n%s", err, js)
+	}
+	cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() {
+		for range lines {
+		}
+		done <- cmd.Wait()
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo exit: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("demo did not stop within 90s of Ctrl-C")
+	}
+	// Nothing it started may be left running.
+	if out, _ := exec.Command("pgrep", "-f", work).Output(); len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("processes left after the demo stopped: %s", out)
+	}
+}
