@@ -229,6 +229,17 @@ func (a *Agent) follow(ctx context.Context, g *consulkv.GroupView, leader string
 func (a *Agent) promote(ctx context.Context, o Observation, reason string) error {
 	inst := a.pgi()
 	oldTL, lastLSN := o.Local.Timeline, o.Local.LastLSN
+	if a.dyn.SyncMode() != consulkv.SyncOff {
+		// Until the new leader knows its synchronous standbys, every commit
+		// waits for some standby: no acknowledged write may exist only here.
+		a.syncNames = "*"
+		if err := a.rebuildPG(); err == nil {
+			if _, _, err := a.pgi().WriteConfig(pg.Replica, a.currentFollow()); err == nil {
+				a.pgi().Reload(ctx)
+			}
+		}
+		inst = a.pgi()
+	}
 	start := time.Now()
 	// Promote first: pg_ctl promote needs standby.signal in place, which
 	// WriteConfig(Primary) would remove.
@@ -281,6 +292,9 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, g *consulkv.GroupView) e
 	if err := a.kv.LeaderPut(ctx, a.cfg.Group, a.lock.Session(), a.kv.StatusKey(a.cfg.Group), gs); err != nil {
 		return err
 	}
+	if err := a.manageSync(ctx, g, st); err != nil {
+		a.log.Warn("managing synchronous replication failed", zap.Error(err))
+	}
 	if g != nil {
 		now := time.Now()
 		for name := range g.Members {
@@ -320,6 +334,11 @@ func (a *Agent) demote(ctx context.Context, immediate, release bool, reason stri
 	inst := a.pgi()
 	a.setState(func(s *health.MemberState) { s.Writable = false; s.IsLeader = false; s.Message = reason })
 	a.iAmLeaderNow = boolp(false)
+	if a.syncNames != "" {
+		a.syncNames = ""
+		a.rebuildPG()
+		inst = a.pgi()
+	}
 	mode := pg.StopFast
 	if immediate {
 		mode = pg.StopImmediate
@@ -389,6 +408,11 @@ func (a *Agent) switchover(ctx context.Context, o Observation, candidate string)
 		return fmt.Errorf("switchover: release: %w", err)
 	}
 	a.iAmLeaderNow = boolp(false)
+	if a.syncNames != "" {
+		a.syncNames = ""
+		a.rebuildPG()
+		inst = a.pgi()
+	}
 	a.log.Info("switchover: released the leader lock", zap.String("candidate", candidate), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
 	if _, _, err := inst.WriteConfig(pg.Replica, a.followTarget(cm)); err != nil {
 		return err

@@ -47,14 +47,16 @@ type Agent struct {
 	started time.Time
 
 	// Loop-private state (only the loop goroutine touches these).
-	dyn            consulkv.ClusterConfig
-	following      string
-	lastStreaming  time.Time
-	lastDecision   string
-	lastProblems   map[string]bool
-	slotMembers    map[string]time.Time
-	lastGroup      *consulkv.GroupView
-	registeredSig  string
+	dyn           consulkv.ClusterConfig
+	following     string
+	lastStreaming time.Time
+	lastDecision  string
+	lastProblems  map[string]bool
+	slotMembers   map[string]time.Time
+	lastGroup     *consulkv.GroupView
+	registeredSig string
+	// syncNames is the synchronous_standby_names the leader wants.
+	syncNames      string
 	registeredAt   time.Time
 	consulDownFrom time.Time
 	// iAmLeaderNow, when set, overrides the observation's view of the
@@ -160,6 +162,11 @@ func (a *Agent) parameters() map[string]string {
 	}
 	for k, v := range a.cfg.PostgreSQL.Parameters {
 		p[k] = v
+	}
+	if a.dyn.SyncMode() != consulkv.SyncOff {
+		// Managed by the leader (see sync.go); a local value would break
+		// the sync key's promise.
+		p["synchronous_standby_names"] = a.syncNames
 	}
 	return p
 }

@@ -103,6 +103,8 @@ type DynamicConfig struct {
 	LockDelay            consulkv.Duration `yaml:"lock_delay"`
 	MaximumLagOnFailover uint64            `yaml:"maximum_lag_on_failover"`
 	Parameters           map[string]string `yaml:"parameters"`
+	SynchronousMode      string            `yaml:"synchronous_mode"`
+	SynchronousNodeCount int               `yaml:"synchronous_node_count"`
 }
 
 // ClusterConfig converts to the stored form (defaults filled).
@@ -115,6 +117,8 @@ func (d DynamicConfig) ClusterConfig() consulkv.ClusterConfig {
 		LockDelay:            d.LockDelay,
 		MaximumLagOnFailover: d.MaximumLagOnFailover,
 		Parameters:           d.Parameters,
+		SynchronousMode:      d.SynchronousMode,
+		SynchronousNodeCount: d.SynchronousNodeCount,
 	}.WithDefaults()
 }
 

@@ -324,6 +324,8 @@ func candidateProblem(o Observation, name string) string {
 		return "tagged nofailover"
 	case m.Role != consulkv.RoleReplica || m.State != "running":
 		return fmt.Sprintf("not a running replica (%s, %s)", m.Role, m.State)
+	case o.Config.SyncMode() != consulkv.SyncOff && !isSyncStandby(o.Group, name):
+		return "not a synchronous standby (synchronous_mode is " + o.Config.SyncMode() + ")"
 	}
 	return ""
 }
@@ -364,6 +366,9 @@ func healthiest(o Observation) (bool, string) {
 	if o.Tags.NoFailover {
 		return false, "tagged nofailover"
 	}
+	if o.Config.SyncMode() != consulkv.SyncOff && !isSyncStandby(g, o.Member) {
+		return false, "synchronous_mode is " + o.Config.SyncMode() + " and this member is not a listed synchronous standby"
+	}
 	if st := g.Status; st != nil && st.LastLSN > o.Local.LastLSN {
 		if lag := st.LastLSN - o.Local.LastLSN; lag > o.Config.MaximumLagOnFailover {
 			return false, fmt.Sprintf("%d bytes behind the last leader, more than maximum_lag_on_failover %d", lag, o.Config.MaximumLagOnFailover)
@@ -397,4 +402,18 @@ func healthiest(o Observation) (bool, string) {
 		}
 	}
 	return true, ""
+}
+
+// isSyncStandby: the sync key lists name, so it has every acknowledged
+// commit of the last leader (rule 9).
+func isSyncStandby(g *consulkv.GroupView, name string) bool {
+	if g.Sync == nil {
+		return false
+	}
+	for _, s := range g.Sync.SyncStandbys {
+		if s == name {
+			return true
+		}
+	}
+	return false
 }

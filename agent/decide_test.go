@@ -225,6 +225,35 @@ func TestDecide(t *testing.T) {
 			noLeader(o)
 			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindFailover, Candidate: "c", RequestedAt: t0.Add(-time.Hour)}
 		}), want: ActAcquire},
+		// Rule 9: synchronous mode.
+		{name: "sync mode: a listed synchronous standby races", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Config.SynchronousMode = consulkv.SyncOn
+			o.Group.Sync = &consulkv.SyncState{Version: 1, Leader: "a", SyncStandbys: []string{"b"}}
+		}), want: ActAcquire},
+		{name: "sync mode: an async standby never races, even with the most WAL", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Local.LastLSN = 5000
+			o.Config.SynchronousMode = consulkv.SyncStrict
+			o.Group.Sync = &consulkv.SyncState{Version: 1, Leader: "a", SyncStandbys: []string{"c"}}
+		}), want: ActNone, reason: "not a listed synchronous standby"},
+		{name: "sync mode without a sync key: nobody races", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Config.SynchronousMode = consulkv.SyncOn
+		}), want: ActNone, reason: "synchronous"},
+		{name: "sync mode: switchover to an async standby is cancelled", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Config.SynchronousMode = consulkv.SyncOn
+			o.Group.Sync = &consulkv.SyncState{Version: 1, Leader: "b", SyncStandbys: []string{"a"}}
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", Candidate: "c", RequestedAt: t0}
+		}), want: ActKeepLeader, clear: true, reason: "not a synchronous standby"},
+		{name: "sync mode: switchover without candidate picks the sync standby", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Members["c"].ReplayLSN = 5000
+			o.Config.SynchronousMode = consulkv.SyncOn
+			o.Group.Sync = &consulkv.SyncState{Version: 1, Leader: "b", SyncStandbys: []string{"a"}}
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", RequestedAt: t0}
+		}), want: ActSwitchover, target: "a"},
 		// Rule 8: pause.
 		{name: "paused: no race without a leader", o: obs(func(o *Observation) { noLeader(o); o.Paused = true }), want: ActNone, reason: "paused"},
 		{name: "paused running primary without key takes the lock", o: obs(func(o *Observation) { noLeader(o); o.Paused = true; o.Local.InRecovery = false }), want: ActAcquire},

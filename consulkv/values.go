@@ -337,6 +337,35 @@ type ClusterConfig struct {
 	Paused               bool              `json:"pause,omitempty"`
 	PausedGroups         []string          `json:"paused_groups,omitempty"`
 	Parameters           map[string]string `json:"parameters,omitempty"`
+	// SynchronousMode is off (default), on or strict: with on/strict the
+	// leader manages synchronous_standby_names and the sync key, and only a
+	// listed synchronous standby may be promoted; strict blocks writes rather
+	// than run without a synchronous standby.
+	SynchronousMode      string `json:"synchronous_mode,omitempty"`
+	SynchronousNodeCount int    `json:"synchronous_node_count,omitempty"`
+}
+
+// Synchronous modes.
+const (
+	SyncOff    = "off"
+	SyncOn     = "on"
+	SyncStrict = "strict"
+)
+
+// SyncMode is the synchronous mode with the default applied.
+func (c ClusterConfig) SyncMode() string {
+	if c.SynchronousMode == "" {
+		return SyncOff
+	}
+	return c.SynchronousMode
+}
+
+// SyncCount is synchronous_node_count with the default (1) applied.
+func (c ClusterConfig) SyncCount() int {
+	if c.SynchronousNodeCount <= 0 {
+		return 1
+	}
+	return c.SynchronousNodeCount
 }
 
 // Defaults of the dynamic configuration.
@@ -412,6 +441,17 @@ func (v *ClusterConfig) Validate() error {
 		if k == "" || strings.ContainsAny(k, " \t\n='") {
 			return fmt.Errorf("parameters: %q is not a PostgreSQL parameter name", k)
 		}
+	}
+	switch c.SyncMode() {
+	case SyncOff, SyncOn, SyncStrict:
+	default:
+		return fmt.Errorf("synchronous_mode %q: use off, on or strict", c.SynchronousMode)
+	}
+	if c.SynchronousNodeCount < 0 || c.SynchronousNodeCount > 16 {
+		return fmt.Errorf("synchronous_node_count %d: must be between 1 and 16", c.SynchronousNodeCount)
+	}
+	if _, ok := c.Parameters["synchronous_standby_names"]; ok && c.SyncMode() != SyncOff {
+		return fmt.Errorf("parameters: synchronous_standby_names is managed by pgmesh while synchronous_mode is %s", c.SyncMode())
 	}
 	return nil
 }

@@ -27,13 +27,10 @@ func TestDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	work := filepath.Join(testbed.OwnedDir(t), "demo")
-	cport := testbed.FreePort(t)
-	for i := 1; i <= 3; i++ {
-		testbed.FreePort(t) // keep Consul's server/serf ports (cport+1..3) from other tests
-	}
+	cport := testbed.FreePortBlock(t, 4) // HTTP, then Consul's server and serf ports
 	args := []string{"demo", "--workdir", work, "--groups", "2", "--members", "2", "--consul-bin", consulBin,
 		"--consul-port", fmt.Sprint(cport), "--dns-port", fmt.Sprint(testbed.FreePort(t)),
-		"--pg-port", fmt.Sprint(40000 + os.Getpid()%5000), "--api-port", fmt.Sprint(46000 + os.Getpid()%5000)}
+		"--pg-port", fmt.Sprint(testbed.FreePortBlock(t, 4)), "--api-port", fmt.Sprint(testbed.FreePortBlock(t, 4))}
 	cmd := exec.Command(bin, args...)
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr

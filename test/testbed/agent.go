@@ -65,6 +65,7 @@ type AgentSpec struct {
 	TTL, LoopWait, RetryTimeout, LockDelay time.Duration
 	Tags                                   string // extra YAML under tags:, e.g. "nofailover: true"
 	ConsulExtra                            string // extra YAML under consul:, e.g. "session_checks: [liveness]"
+	DCSExtra                               string // extra YAML under bootstrap.dcs:, e.g. "synchronous_mode: on"
 	ExtraYAML                              string
 }
 
@@ -136,11 +137,11 @@ tags:
     loop_wait: %s
     retry_timeout: %s
     lock_delay: %s
-log:
+%slog:
   level: debug
   format: json
 %s`, spec.Cluster, spec.Group, spec.Name, spec.ConsulAddr, indent(spec.ConsulExtra), a.APIAddr, a.DataDir, PostgresBinDir(), a.PGPort,
-		tags, spec.TTL, spec.LoopWait, spec.RetryTimeout, spec.LockDelay, spec.ExtraYAML)
+		tags, spec.TTL, spec.LoopWait, spec.RetryTimeout, spec.LockDelay, indent(indent(spec.DCSExtra)), spec.ExtraYAML)
 	if err := os.WriteFile(a.CfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // RepoRoot returns the root of the pgmesh checkout (the folder holding the
@@ -189,4 +190,38 @@ func DumpOnFailure(t testing.TB, what, path string) {
 		}
 		t.Logf("---- %s (%s) ----\n%s\n---- end %s ----", what, path, data, what)
 	})
+}
+
+// FreePortBlock returns the first of n consecutive free TCP ports, chosen
+// below Linux's ephemeral range so outgoing connections cannot take them
+// while the test runs.
+func FreePortBlock(t testing.TB, n int) int {
+	t.Helper()
+	portMu.Lock()
+	defer portMu.Unlock()
+	seed := int(time.Now().UnixNano()/1000) + os.Getpid()
+	for try := 0; try < 200; try++ {
+		base := 20000 + (seed+try*97)%12000
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			if usedPort[p] {
+				ok = false
+				break
+			}
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				ok = false
+				break
+			}
+			l.Close()
+		}
+		if ok {
+			for p := base; p < base+n; p++ {
+				usedPort[p] = true
+			}
+			return base
+		}
+	}
+	t.Fatalf("testbed: no block of %d free ports", n)
+	return 0
 }
