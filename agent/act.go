@@ -269,6 +269,14 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 	if o.Group != nil && o.Group.Failover != nil {
 		a.clearFailover(ctx, o.Group)
 	}
+	if o.Group != nil {
+		a.checkLogicalAfterPromotion(ctx, o.Group.Status)
+	}
+	if a.dyn.ReplicationProfile() == consulkv.ReplicationSpock {
+		if _, err := inst.Exec(ctx, "ALTER SYSTEM RESET spock.readonly"); err == nil {
+			inst.Exec(ctx, "SELECT pg_reload_conf()")
+		}
+	}
 	return a.leaderHousekeeping(ctx, o.Group)
 }
 
@@ -288,7 +296,9 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, g *consulkv.GroupView) e
 			return err
 		}
 	}
-	gs := &consulkv.GroupStatus{Version: consulkv.ValueVersion, Leader: a.cfg.Name, LastLSN: uint64(st.CurrentLSN), Timeline: st.Timeline, UpdatedAt: time.Now().UTC()}
+	logicalSlots, logical := a.leaderLogical(ctx, st)
+	a.logical = logical
+	gs := &consulkv.GroupStatus{Version: consulkv.ValueVersion, Leader: a.cfg.Name, LastLSN: uint64(st.CurrentLSN), Timeline: st.Timeline, LogicalSlots: logicalSlots, UpdatedAt: time.Now().UTC()}
 	if err := a.kv.LeaderPut(ctx, a.cfg.Group, a.lock.Session(), a.kv.StatusKey(a.cfg.Group), gs); err != nil {
 		return err
 	}
@@ -345,6 +355,9 @@ func (a *Agent) demote(ctx context.Context, immediate, release bool, reason stri
 	}
 	stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if !immediate {
+		a.terminateLogicalWalsenders(stopCtx)
+	}
 	if err := inst.Stop(stopCtx, mode); err != nil {
 		a.log.Error("stop during demote failed; killing the postmaster", zap.Error(err))
 		if kerr := inst.Kill(); kerr != nil {
@@ -382,6 +395,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, candidate string)
 		a.log.Warn("checkpoint before switchover failed", zap.Error(err))
 	}
 	a.setState(func(s *health.MemberState) { s.Writable = false; s.Message = "switching over to " + candidate })
+	a.terminateLogicalWalsenders(ctx)
 	if err := inst.Stop(ctx, pg.StopFast); err != nil {
 		return fmt.Errorf("switchover: stop: %w", err)
 	}

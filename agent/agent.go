@@ -56,8 +56,15 @@ type Agent struct {
 	lastGroup     *consulkv.GroupView
 	registeredSig string
 	// syncNames is the synchronous_standby_names the leader wants.
-	syncNames      string
-	registeredAt   time.Time
+	syncNames    string
+	registeredAt time.Time
+	// Logical replication between groups (logical.go).
+	copiedSlots    map[string]bool
+	logical        *consulkv.LogicalStatus
+	slotsReady     bool
+	groupCount     int
+	groupCountAt   time.Time
+	paramConflicts map[string]bool
 	consulDownFrom time.Time
 	// iAmLeaderNow, when set, overrides the observation's view of the
 	// lock for this round's publish (set by acquire/promote/release).
@@ -161,6 +168,23 @@ func (a *Agent) parameters() map[string]string {
 		p[k] = v
 	}
 	for k, v := range a.cfg.PostgreSQL.Parameters {
+		p[k] = v
+	}
+	groups := a.groupCount
+	if groups < 1 {
+		groups = 1
+	}
+	for k, v := range profileParameters(a.dyn.ReplicationProfile(), len(a.slotMembers)+1, groups, p) {
+		if cur, ok := p[k]; ok && cur != v && k != "max_replication_slots" && k != "max_wal_senders" && k != "max_worker_processes" && k != "shared_preload_libraries" {
+			if a.paramConflicts == nil {
+				a.paramConflicts = map[string]bool{}
+			}
+			if !a.paramConflicts[k+"="+cur] {
+				a.log.Error("refusing a parameter that would break replication between groups; enforcing the profile's value",
+					zap.String("parameter", k), zap.String("refused", cur), zap.String("enforced", v), zap.String("replication", a.dyn.ReplicationProfile()))
+				a.paramConflicts[k+"="+cur] = true
+			}
+		}
 		p[k] = v
 	}
 	if a.dyn.SyncMode() != consulkv.SyncOff {

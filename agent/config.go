@@ -105,6 +105,7 @@ type DynamicConfig struct {
 	Parameters           map[string]string `yaml:"parameters"`
 	SynchronousMode      string            `yaml:"synchronous_mode"`
 	SynchronousNodeCount int               `yaml:"synchronous_node_count"`
+	Replication          string            `yaml:"replication"`
 }
 
 // ClusterConfig converts to the stored form (defaults filled).
@@ -119,6 +120,7 @@ func (d DynamicConfig) ClusterConfig() consulkv.ClusterConfig {
 		Parameters:           d.Parameters,
 		SynchronousMode:      d.SynchronousMode,
 		SynchronousNodeCount: d.SynchronousNodeCount,
+		Replication:          d.Replication,
 	}.WithDefaults()
 }
 

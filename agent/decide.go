@@ -49,6 +49,9 @@ type Local struct {
 	// NotStreamingFor is how long a running replica with an upstream has not
 	// been streaming (0 while streaming).
 	NotStreamingFor time.Duration
+	// LogicalSlotsReady: current copies of every logical slot the leader
+	// published are present.
+	LogicalSlotsReady bool
 	// WasPrimary: the data dir last ran as a primary on PrimaryTimeline and
 	// has not been rewound/re-cloned since (pgmesh's marker file).
 	WasPrimary      bool
@@ -372,6 +375,17 @@ func healthiest(o Observation) (bool, string) {
 	if st := g.Status; st != nil && st.LastLSN > o.Local.LastLSN {
 		if lag := st.LastLSN - o.Local.LastLSN; lag > o.Config.MaximumLagOnFailover {
 			return false, fmt.Sprintf("%d bytes behind the last leader, more than maximum_lag_on_failover %d", lag, o.Config.MaximumLagOnFailover)
+		}
+	}
+	if st := g.Status; st != nil && len(st.LogicalSlots) > 0 && !o.Local.LogicalSlotsReady {
+		for _, n := range g.MemberNames() {
+			m := g.Members[n]
+			if n != o.Member && m.LogicalSlotsReady && !m.Tags.NoFailover && m.State == "running" {
+				if p, ok := o.Peers[n]; ok && !p.Reachable {
+					continue
+				}
+				return false, n + " has current copies of the logical slots and this member has not"
+			}
 		}
 	}
 	names := make([]string, 0, len(o.Peers))

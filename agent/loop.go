@@ -32,8 +32,29 @@ func (a *Agent) runOnce(ctx context.Context) error {
 		a.log.Error("action failed", zap.String("action", d.Action.String()), zap.String("target", d.Target), zap.Error(err))
 		a.setState(func(s *health.MemberState) { s.Message = fmt.Sprintf("%s failed: %s", d.Action, shortErr(err)) })
 	}
+	a.afterAct(ctx, o)
 	a.publish(ctx, o)
 	return nil
+}
+
+// afterAct keeps a replica's logical slot copies current.
+func (a *Agent) afterAct(ctx context.Context, o Observation) {
+	if o.Group == nil {
+		return
+	}
+	st := a.State()
+	if st.IsLeader {
+		a.slotsReady = false
+		return
+	}
+	a.logical = nil
+	local := o.Local
+	if running, _ := a.pgi().IsRunning(); !running {
+		a.slotsReady = false
+		return
+	}
+	local.Running = true
+	a.slotsReady = a.syncLogicalSlots(ctx, o.Group, local)
 }
 
 // observe gathers the observation: Consul (config, session, group), local
@@ -118,6 +139,11 @@ func (a *Agent) refreshConfig(ctx context.Context) {
 	}
 	a.dyn = next
 	a.lock.SetOptions(a.lockOptions())
+	if a.dyn.ReplicationProfile() != consulkv.ReplicationNone && time.Since(a.groupCountAt) > 30*time.Second {
+		if names, err := a.kv.GroupNames(ctx); err == nil {
+			a.groupCount, a.groupCountAt = len(names), time.Now()
+		}
+	}
 	if err := a.rebuildPG(); err != nil {
 		a.log.Error("dynamic parameters rejected", zap.Error(err))
 	}
@@ -160,6 +186,7 @@ func (a *Agent) observeLocal(ctx context.Context) Local {
 	l.Timeline = st.Timeline
 	l.LastLSN = uint64(st.LastLSN())
 	l.FollowingLeader = a.following
+	l.LogicalSlotsReady = a.slotsReady
 	if st.WalReceiver != nil && st.WalReceiver.Status == "streaming" {
 		l.Streaming = true
 		a.lastStreaming = time.Now()
@@ -295,6 +322,11 @@ func (a *Agent) publish(ctx context.Context, o Observation) {
 		Timeline: local.Timeline, SystemID: local.SystemID, WriteLSN: st.WriteLSN, ReceiveLSN: st.ReceiveLSN, ReplayLSN: st.ReplayLSN,
 		Streaming: local.Streaming, Tags: a.cfg.MemberTags(), PGVersion: st.PGVersion, AgentVersion: version.Version,
 		Message: st.Message, UpdatedAt: now.UTC(),
+	}
+	if role == consulkv.RolePrimary {
+		m.Logical = a.logical
+	} else {
+		m.LogicalSlotsReady = a.slotsReady
 	}
 	if role == consulkv.RolePrimary {
 		m.ReceiveLSN, m.ReplayLSN = 0, 0

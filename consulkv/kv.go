@@ -378,3 +378,22 @@ func (c *Client) AppendHistory(ctx context.Context, group, session string, e His
 	}
 	return fmt.Errorf("consulkv: append history of %s: %w or history kept changing", group, ErrNotHolder)
 }
+
+// GroupNames lists the cluster's groups (one cheap keys-only read).
+func (c *Client) GroupNames(ctx context.Context) ([]string, error) {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	prefix := c.ClusterPrefix() + "groups/"
+	keys, _, err := c.api.KV().Keys(prefix, "/", (&api.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, classify("list groups", err)
+	}
+	var names []string
+	for _, k := range keys {
+		if n := strings.Trim(strings.TrimPrefix(k, prefix), "/"); n != "" {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}

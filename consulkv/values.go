@@ -182,26 +182,33 @@ type MemberTags struct {
 // MemberStatus is the value of groups/<g>/members/<m>, written every loop by
 // the member's agent under its session.
 type MemberStatus struct {
-	Version      int        `json:"version"`
-	Name         string     `json:"name"`
-	Group        string     `json:"group"`
-	Role         string     `json:"role"`
-	State        string     `json:"state"`
-	APIURL       string     `json:"api_url"`
-	ConnURL      string     `json:"conn_url"`
-	Host         string     `json:"host"`
-	Port         int        `json:"port"`
-	Timeline     uint32     `json:"timeline,omitempty"`
-	SystemID     string     `json:"system_id,omitempty"`
-	WriteLSN     uint64     `json:"write_lsn,omitempty"`
-	ReceiveLSN   uint64     `json:"receive_lsn,omitempty"`
-	ReplayLSN    uint64     `json:"replay_lsn,omitempty"`
-	Streaming    bool       `json:"streaming,omitempty"`
-	Tags         MemberTags `json:"tags"`
-	PGVersion    int        `json:"pg_version,omitempty"`
-	AgentVersion string     `json:"agent_version,omitempty"`
-	Message      string     `json:"message,omitempty"`
-	UpdatedAt    time.Time  `json:"updated_at"`
+	Version    int        `json:"version"`
+	Name       string     `json:"name"`
+	Group      string     `json:"group"`
+	Role       string     `json:"role"`
+	State      string     `json:"state"`
+	APIURL     string     `json:"api_url"`
+	ConnURL    string     `json:"conn_url"`
+	Host       string     `json:"host"`
+	Port       int        `json:"port"`
+	Timeline   uint32     `json:"timeline,omitempty"`
+	SystemID   string     `json:"system_id,omitempty"`
+	WriteLSN   uint64     `json:"write_lsn,omitempty"`
+	ReceiveLSN uint64     `json:"receive_lsn,omitempty"`
+	ReplayLSN  uint64     `json:"replay_lsn,omitempty"`
+	Streaming  bool       `json:"streaming,omitempty"`
+	Tags       MemberTags `json:"tags"`
+	// LogicalSlotsReady: this replica holds current copies of every logical
+	// slot the leader published, so peers consuming from the group can
+	// continue from it after a promotion.
+	LogicalSlotsReady bool `json:"logical_slots_ready,omitempty"`
+	// Logical is the member's view of logical replication between groups
+	// (outgoing slots on a primary, incoming subscriptions).
+	Logical      *LogicalStatus `json:"logical,omitempty"`
+	PGVersion    int            `json:"pg_version,omitempty"`
+	AgentVersion string         `json:"agent_version,omitempty"`
+	Message      string         `json:"message,omitempty"`
+	UpdatedAt    time.Time      `json:"updated_at"`
 }
 
 // LastLSN is the furthest WAL position the member has.
@@ -283,12 +290,55 @@ func (v *FailoverRequest) Validate() error {
 
 // GroupStatus is the value of groups/<g>/status, published by the leader.
 type GroupStatus struct {
-	Version   int               `json:"version"`
-	Leader    string            `json:"leader"`
-	LastLSN   uint64            `json:"last_lsn"`
-	Timeline  uint32            `json:"timeline"`
-	Slots     map[string]uint64 `json:"slots,omitempty"`
-	UpdatedAt time.Time         `json:"updated_at"`
+	Version  int               `json:"version"`
+	Leader   string            `json:"leader"`
+	LastLSN  uint64            `json:"last_lsn"`
+	Timeline uint32            `json:"timeline"`
+	Slots    map[string]uint64 `json:"slots,omitempty"`
+	// LogicalSlots are the leader's logical slots (Spock's or native
+	// subscriptions'), which replicas keep copies of.
+	LogicalSlots map[string]LogicalSlot `json:"logical_slots,omitempty"`
+	UpdatedAt    time.Time              `json:"updated_at"`
+}
+
+// LogicalSlot describes a logical slot on the leader.
+type LogicalSlot struct {
+	Plugin         string `json:"plugin"`
+	Database       string `json:"database"`
+	ConfirmedFlush uint64 `json:"confirmed_flush"`
+}
+
+// LogicalStatus is logical replication as one member sees it.
+type LogicalStatus struct {
+	Slots         []LogicalSlotStatus  `json:"slots,omitempty"`
+	Subscriptions []SubscriptionStatus `json:"subscriptions,omitempty"`
+}
+
+// LogicalSlotStatus is an outgoing logical slot on a primary.
+type LogicalSlotStatus struct {
+	Name           string `json:"name"`
+	Plugin         string `json:"plugin"`
+	Database       string `json:"database"`
+	Active         bool   `json:"active"`
+	ConfirmedFlush uint64 `json:"confirmed_flush"`
+	LagBytes       uint64 `json:"lag_bytes"`
+	WALStatus      string `json:"wal_status,omitempty"`
+}
+
+// SubscriptionStatus is an incoming subscription on a primary.
+type SubscriptionStatus struct {
+	Name     string `json:"name"`
+	Database string `json:"database"`
+	Enabled  bool   `json:"enabled"`
+	// Running: an apply worker is connected.
+	Running bool `json:"running"`
+	// Endpoints are the publisher host:port pairs from the connection
+	// string, so readers can tell which group it consumes from.
+	Endpoints      []string  `json:"endpoints,omitempty"`
+	ReceivedLSN    uint64    `json:"received_lsn,omitempty"`
+	LastMsgReceipt time.Time `json:"last_msg_receipt,omitempty"`
+	// Source is "native" (pg_subscription) or "spock".
+	Source string `json:"source"`
 }
 
 func (v *GroupStatus) Validate() error {
@@ -343,6 +393,24 @@ type ClusterConfig struct {
 	// than run without a synchronous standby.
 	SynchronousMode      string `json:"synchronous_mode,omitempty"`
 	SynchronousNodeCount int    `json:"synchronous_node_count,omitempty"`
+	// Replication is the parameter profile for replication between groups:
+	// none (default), native (publications/subscriptions) or spock.
+	Replication string `json:"replication,omitempty"`
+}
+
+// Replication profiles.
+const (
+	ReplicationNone   = "none"
+	ReplicationNative = "native"
+	ReplicationSpock  = "spock"
+)
+
+// ReplicationProfile is the profile with the default applied.
+func (c ClusterConfig) ReplicationProfile() string {
+	if c.Replication == "" {
+		return ReplicationNone
+	}
+	return c.Replication
 }
 
 // Synchronous modes.
@@ -447,6 +515,16 @@ func (v *ClusterConfig) Validate() error {
 	default:
 		return fmt.Errorf("synchronous_mode %q: use off, on or strict", c.SynchronousMode)
 	}
+	switch c.ReplicationProfile() {
+	case ReplicationNone, ReplicationNative, ReplicationSpock:
+	default:
+		return fmt.Errorf("replication %q: use none, native or spock", c.Replication)
+	}
+	if c.ReplicationProfile() != ReplicationNone {
+		if err := CheckLogicalParameters(c.Parameters); err != nil {
+			return fmt.Errorf("parameters: %w (replication is %s)", err, c.ReplicationProfile())
+		}
+	}
 	if c.SynchronousNodeCount < 0 || c.SynchronousNodeCount > 16 {
 		return fmt.Errorf("synchronous_node_count %d: must be between 1 and 16", c.SynchronousNodeCount)
 	}
@@ -463,4 +541,23 @@ func (d *Duration) UnmarshalYAML(unmarshal func(interface{}) error) error {
 		return fmt.Errorf("duration must be a string like \"10s\" or a number of seconds")
 	}
 	return d.Set(s)
+}
+
+// CheckLogicalParameters refuses parameter values that would break
+// replication between groups (DESIGN.md §5).
+func CheckLogicalParameters(p map[string]string) error {
+	lower := func(k string) string { return strings.ToLower(strings.Trim(strings.TrimSpace(p[k]), "'")) }
+	if v, ok := p["wal_level"]; ok && lower("wal_level") != "logical" {
+		return fmt.Errorf("wal_level=%s would stop logical replication; it must be logical", v)
+	}
+	for _, k := range []string{"track_commit_timestamp", "hot_standby_feedback", "wal_log_hints"} {
+		if _, ok := p[k]; ok {
+			switch lower(k) {
+			case "on", "true", "1", "yes":
+			default:
+				return fmt.Errorf("%s=%s: it must be on for replication between groups", k, p[k])
+			}
+		}
+	}
+	return nil
 }

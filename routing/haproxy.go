@@ -50,6 +50,12 @@ func (r *Renderer) hook(ctx context.Context, e *entryState, m *Mesh) {
 			continue
 		}
 		if grp := m.Group(g); grp != nil && grp.Leader == old {
+			// Still the leader, only failing a check: HAProxy's own checks
+			// decide. Remember it, so the down/shutdown is sent once the
+			// leader key moves on.
+			if _, ok := cur[g]; !ok {
+				cur[g] = old
+			}
 			continue
 		}
 		down = append(down, member(g, old))
@@ -68,14 +74,20 @@ func (r *Renderer) hook(ctx context.Context, e *entryState, m *Mesh) {
 	start := time.Now()
 	n, err := pushRuntime(ctx, e.HAProxySocket, e.HAProxyBackends, up, down)
 	log := r.log.With(zap.String("socket", e.HAProxySocket), zap.Strings("up", names(up)), zap.Strings("down", names(down)))
-	if err != nil {
+	switch {
+	case err != nil:
 		log.Warn("HAProxy runtime update failed; HAProxy's checks will catch up", zap.Error(err))
-		return
+	case n == 0:
+		log.Debug("HAProxy runtime: HAProxy's checks already had the primary change")
+	default:
+		log.Info("HAProxy runtime: pushed the primary change", zap.Int("commands", n), zap.Duration("took", time.Since(start)))
 	}
-	log.Info("pushed primary change to HAProxy", zap.Int("commands", n), zap.Duration("took", time.Since(start)))
 }
 
 func names(ms []*Member) []string {
+	if len(ms) == 0 {
+		return nil
+	}
 	out := make([]string, len(ms))
 	for i, m := range ms {
 		out[i] = m.ServerName()

@@ -100,7 +100,16 @@ func TestHAProxyHookOnFailover(t *testing.T) {
 		t.Fatalf("recovery sent %v", c)
 	}
 
-	// Failover: n1-a lost the key (dead host), n1-b leads and passes.
+	// n1-a's host dies: its checks fail first while the leader key is
+	// still held (nothing is sent, HAProxy's checks see it too) …
+	flap[0].kv = false
+	v, es = views(flap, nil)
+	r.hook(ctx, e, BuildMesh(v, es, "n1"))
+	if c := fake.commands(); len(c) != 0 {
+		t.Fatalf("dying leader sent %v", c)
+	}
+	// … then the key moves: n1-b leads and passes; n1-a is marked down
+	// (where HAProxy still has it up) and its sessions are shut.
 	after := []fixture{
 		{group: "n1", name: "n1-a", role: "primary", service: "primary", healthy: false},
 		{group: "n1", name: "n1-b", role: "primary", leader: true, kv: true, service: "primary", healthy: true},

@@ -91,12 +91,16 @@ type Options struct {
 	Stdout io.Writer
 }
 
-// Renderer keeps a set of templates rendered from the live mesh.
+// Renderer keeps a set of templates rendered from the live mesh. Its
+// methods are not meant to run concurrently with each other: use Run, or
+// RenderOnce/Render, from one goroutine.
 type Renderer struct {
 	opts    Options
 	cluster string
 	log     *zap.Logger
 	entries []*entryState
+	// primaries is the last group -> primary map Run saw (for logging).
+	primaries map[string]string
 }
 
 type entryState struct {
@@ -183,6 +187,9 @@ func LoadTemplate(name string) (*template.Template, error) {
 	var err error
 	tname := name
 	if b, ok := strings.CutPrefix(name, BuiltinPrefix); ok {
+		if strings.HasSuffix(b, ".ctmpl") {
+			return nil, fmt.Errorf("routing: template %s is for consul-template, not pgmesh render (get it with: pgmesh render --show %s)", name, b)
+		}
 		text, err = templates.FS.ReadFile(b)
 		if err != nil {
 			return nil, fmt.Errorf("routing: template %s: no such builtin template (have %s)", name, strings.Join(templates.Names(), ", "))
@@ -236,7 +243,7 @@ func (r *Renderer) Mesh(ctx context.Context) (*Mesh, error) {
 	}
 	entries, _, err := r.health(ctx, 0)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("health of service %q: %w", r.cluster, err)
 	}
 	return r.build(view, entries), nil
 }

@@ -240,6 +240,9 @@ func TestTemplateErrorsNameTemplateAndLine(t *testing.T) {
 	if _, err := New(Options{Entries: []Entry{{Template: "builtin:nope.tmpl", Destination: dest}}}); err == nil || !strings.Contains(err.Error(), "haproxy.cfg.tmpl") {
 		t.Fatalf("unknown builtin: %v", err)
 	}
+	if _, err := New(Options{Entries: []Entry{{Template: "builtin:haproxy.ctmpl", Destination: dest}}}); err == nil || !strings.Contains(err.Error(), "consul-template") {
+		t.Fatalf("consul-template builtin: %v", err)
+	}
 	if _, err := New(Options{Entries: []Entry{{Template: filepath.Join(dir, "missing"), Destination: dest}}}); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("missing file: %v", err)
 	}

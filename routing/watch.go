@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"time"
 
@@ -181,6 +182,10 @@ func (r *Renderer) loop(ctx context.Context, meshes <-chan *Mesh) {
 // evaluate renders every entry from m in memory, runs the HAProxy hook and
 // records outputs that differ from the installed file as pending.
 func (r *Renderer) evaluate(ctx context.Context, m *Mesh, now time.Time) {
+	if pm := m.primaryMap(); r.primaries == nil || !maps.Equal(pm, r.primaries) {
+		r.log.Info("writable primaries", zap.Any("primaries", pm), zap.Int("groups", len(m.Groups)), zap.Int("members", len(m.AllMembers())))
+		r.primaries = pm
+	}
 	for _, e := range r.entries {
 		r.hook(ctx, e, m)
 		out, err := r.execute(e, m)

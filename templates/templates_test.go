@@ -160,8 +160,8 @@ func TestPgServiceTemplate(t *testing.T) {
 	want := map[string][]string{
 		"[mesh1-n1]": {"host=127.0.0.1,127.0.0.1", "port=5401,5402", "target_session_attrs=read-write", "dbname=app", "user=appuser", "sslmode=require", "connect_timeout=2"},
 		// primary first
-		"[mesh1-n2]":           {"port=5412,5411", "target_session_attrs=read-write"},
-		"[mesh1-n3]":           {"port=5421"},
+		"[mesh1-n2]":           {"port=5412,5411", "target_session_attrs=read-write", "# primary: n2-b"},
+		"[mesh1-n3]":           {"port=5421", "# no writable primary at render time"},
 		"[mesh1-any-writable]": {"port=5412,5401,5411,5402,5421", "target_session_attrs=read-write"},
 		"[mesh1-read]":         {"port=5411,5402,5412,5401,5421", "target_session_attrs=prefer-standby"},
 	}

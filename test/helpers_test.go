@@ -69,6 +69,11 @@ func (g *group) waitHealthy(timeout time.Duration, skip ...string) string {
 	g.t.Helper()
 	var leader string
 	testbed.Eventually(g.t, timeout, "group "+g.name+" healthy", func() error {
+		for _, m := range g.order {
+			if code, exited := g.members[m].Wait(0); exited && !contains(skip, m) {
+				g.t.Fatalf("agent %s exited with code %d", m, code)
+			}
+		}
 		l, err := g.leader()
 		if err != nil {
 			return err

@@ -29,6 +29,7 @@ func newApp() *cli.App {
 			restartCommand(),
 			reloadCommand(),
 			reinitCommand(),
+			renderCommand(),
 			demoCommand(),
 			completionCommand(),
 			versionCommand(),

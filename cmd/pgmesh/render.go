@@ -71,7 +71,7 @@ func renderCommand() *cli.Command {
 			"   pgmesh render --list | --show NAME",
 		Description: renderDescription,
 		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "render configuration `FILE` (YAML, see below)"},
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "render configuration `FILE` (YAML, see the description)"},
 			&cli.BoolFlag{Name: "once", Usage: "render once and exit (exit 1 if any template failed)"},
 			&cli.StringFlag{Name: "local-group", Usage: "the `GROUP` this router sits beside (env PGMESH_LOCAL_GROUP)"},
 			&cli.StringFlag{Name: "template", Aliases: []string{"t"}, Usage: "template: builtin:`NAME` or a file", Category: "Single template"},
@@ -94,9 +94,21 @@ func renderCommand() *cli.Command {
 			&cli.StringFlag{Name: "log-format", Usage: "json or console (default json)"},
 			&cli.BoolFlag{Name: "list", Usage: "list the shipped templates and exit"},
 			&cli.StringFlag{Name: "show", Usage: "print the shipped template `NAME` and exit"},
-		}, connFlags()...),
+		}, renderConnFlags()...),
 		Action: runRender,
 	}
+}
+
+// renderConnFlags are the connection flags that concern Consul (the
+// renderer never calls the agents' REST API).
+func renderConnFlags() []cli.Flag {
+	var out []cli.Flag
+	for _, f := range connFlags() {
+		if n := f.Names()[0]; n != "api-user" && n != "api-password" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // pick resolves a setting: a flag (on the command or before it), then the
@@ -116,7 +128,16 @@ func pick(c *cli.Context, name, fromFile string) string {
 func runRender(c *cli.Context) error {
 	if c.Bool("list") {
 		for _, n := range templates.Names() {
-			fmt.Fprintln(c.App.Writer, routing.BuiltinPrefix+n)
+			switch {
+			case strings.HasSuffix(n, ".ctmpl"):
+				fmt.Fprintf(c.App.Writer, "%-30s for consul-template: pgmesh render --show %s > %s\n", n, n, n)
+			case strings.HasPrefix(n, "haproxy"):
+				fmt.Fprintf(c.App.Writer, "%-30s HAProxy: write, read and per-group listeners\n", routing.BuiltinPrefix+n)
+			case strings.HasPrefix(n, "pg_service"):
+				fmt.Fprintf(c.App.Writer, "%-30s libpq service file: per group, any-writable, read\n", routing.BuiltinPrefix+n)
+			default:
+				fmt.Fprintln(c.App.Writer, routing.BuiltinPrefix+n)
+			}
 		}
 		return nil
 	}
@@ -220,7 +241,7 @@ func runRender(c *cli.Context) error {
 		Debounce: debounce, MaxDelay: maxDelay, Log: log, Stdout: c.App.Writer,
 	})
 	if err != nil {
-		return usageErr("render: %v", err)
+		return usageErr("render: %s", strings.TrimPrefix(err.Error(), "routing: "))
 	}
 
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)

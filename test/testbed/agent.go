@@ -204,6 +204,16 @@ func (a *Agent) Wait(timeout time.Duration) (int, bool) {
 	if done == nil {
 		return 0, true
 	}
+	if timeout <= 0 {
+		select {
+		case <-done:
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return a.exitCode, true
+		default:
+			return 0, false
+		}
+	}
 	select {
 	case <-done:
 		a.mu.Lock()

@@ -1,0 +1,367 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/pg"
+	"go.uber.org/zap"
+)
+
+// Logical replication between groups (DESIGN.md §5): the parameter
+// profile, logical slot copies on standbys, fencing of logical walsenders
+// on demotion, and the status of slots and subscriptions.
+
+// profileParameters are the settings the replication profile enforces.
+// groupSize is the number of members of this group, groups the number of
+// groups in the mesh: every member needs a physical slot and a walsender,
+// every other group a logical slot and a walsender, plus headroom for
+// clones, rewinds and initial table syncs.
+func profileParameters(profile string, groupSize, groups int, current map[string]string) map[string]string {
+	if profile == consulkv.ReplicationNone || profile == "" {
+		return nil
+	}
+	need := groupSize + 2*groups + 10
+	// Round up to a multiple of 10: these are postmaster settings, and a
+	// value that changes with every new member would keep a restart pending.
+	need = (need + 9) / 10 * 10
+	p := map[string]string{
+		"wal_level":              "logical",
+		"track_commit_timestamp": "on",
+		"hot_standby_feedback":   "on",
+		"wal_log_hints":          "on",
+		"max_replication_slots":  strconv.Itoa(need),
+		"max_wal_senders":        strconv.Itoa(need),
+		"max_worker_processes":   "16",
+	}
+	for _, k := range []string{"max_replication_slots", "max_wal_senders", "max_worker_processes"} {
+		if v, err := strconv.Atoi(current[k]); err == nil {
+			if have, _ := strconv.Atoi(p[k]); v > have {
+				p[k] = strconv.Itoa(v)
+			}
+		}
+	}
+	if profile == consulkv.ReplicationSpock {
+		libs := splitList(current["shared_preload_libraries"])
+		if !containsStr(libs, "spock") {
+			libs = append(libs, "spock")
+		}
+		p["shared_preload_libraries"] = strings.Join(libs, ",")
+	}
+	return p
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, part := range strings.Split(strings.Trim(s, "'"), ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}
+
+// leaderLogical lists the leader's logical slots for the group status key
+// and builds the member's logical status (outgoing slots, incoming
+// subscriptions).
+func (a *Agent) leaderLogical(ctx context.Context, st pg.Status) (map[string]consulkv.LogicalSlot, *consulkv.LogicalStatus) {
+	inst := a.pgi()
+	slots := map[string]consulkv.LogicalSlot{}
+	ls := &consulkv.LogicalStatus{}
+	err := inst.WithConn(ctx, func(c *pgx.Conn) error {
+		rows, err := c.Query(ctx, `SELECT slot_name, plugin, database, active, coalesce(confirmed_flush_lsn, '0/0')::text, coalesce(wal_status, '')
+			FROM pg_replication_slots WHERE slot_type = 'logical' AND NOT temporary ORDER BY slot_name`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var name, plugin, db, confirmed, walStatus string
+			var active bool
+			if err := rows.Scan(&name, &plugin, &db, &active, &confirmed, &walStatus); err != nil {
+				return err
+			}
+			lsn, _ := pg.ParseLSN(confirmed)
+			slots[name] = consulkv.LogicalSlot{Plugin: plugin, Database: db, ConfirmedFlush: uint64(lsn)}
+			lag := uint64(0)
+			if uint64(st.CurrentLSN) > uint64(lsn) {
+				lag = uint64(st.CurrentLSN) - uint64(lsn)
+			}
+			ls.Slots = append(ls.Slots, consulkv.LogicalSlotStatus{Name: name, Plugin: plugin, Database: db, Active: active, ConfirmedFlush: uint64(lsn), LagBytes: lag, WALStatus: walStatus})
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		a.log.Warn("listing logical slots failed", zap.Error(err))
+	}
+	ls.Subscriptions = a.subscriptions(ctx)
+	if len(ls.Slots) == 0 && len(ls.Subscriptions) == 0 {
+		ls = nil
+	}
+	return slots, ls
+}
+
+var conninfoHostRe = regexp.MustCompile(`(?:^|\s)(host|port)\s*=\s*('(?:[^'\\]|\\.)*'|\S+)`)
+
+// endpointsOf extracts host:port pairs from a libpq conninfo (multi-host
+// lists included); the password is never returned.
+func endpointsOf(conninfo string) []string {
+	var hosts, ports []string
+	for _, m := range conninfoHostRe.FindAllStringSubmatch(conninfo, -1) {
+		v := strings.Trim(m[2], "'")
+		if m[1] == "host" {
+			hosts = strings.Split(v, ",")
+		} else {
+			ports = strings.Split(v, ",")
+		}
+	}
+	var out []string
+	for i, h := range hosts {
+		p := "5432"
+		switch {
+		case i < len(ports):
+			p = ports[i]
+		case len(ports) == 1:
+			p = ports[0]
+		}
+		out = append(out, net.JoinHostPort(strings.TrimSpace(h), strings.TrimSpace(p)))
+	}
+	return out
+}
+
+// subscriptions reports the incoming native subscriptions (and Spock's,
+// when the extension is installed in the postgres database).
+func (a *Agent) subscriptions(ctx context.Context) []consulkv.SubscriptionStatus {
+	var subs []consulkv.SubscriptionStatus
+	inst := a.pgi()
+	err := inst.WithConn(ctx, func(c *pgx.Conn) error {
+		rows, err := c.Query(ctx, `SELECT s.subname, d.datname, s.subenabled, st.pid IS NOT NULL,
+				coalesce(st.received_lsn, '0/0')::text, coalesce(st.last_msg_receipt_time, 'epoch'), s.subconninfo
+			FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid
+			LEFT JOIN pg_stat_subscription st ON st.subid = s.oid AND st.relid IS NULL
+			ORDER BY s.subname`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var s consulkv.SubscriptionStatus
+			var recv, conninfo string
+			var last time.Time
+			if err := rows.Scan(&s.Name, &s.Database, &s.Enabled, &s.Running, &recv, &last, &conninfo); err != nil {
+				return err
+			}
+			lsn, _ := pg.ParseLSN(recv)
+			s.ReceivedLSN = uint64(lsn)
+			if last.Unix() > 0 {
+				s.LastMsgReceipt = last.UTC()
+			}
+			s.Endpoints = endpointsOf(conninfo)
+			s.Source = "native"
+			subs = append(subs, s)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		a.log.Debug("listing subscriptions failed", zap.Error(err))
+	}
+	if a.dyn.ReplicationProfile() == consulkv.ReplicationSpock {
+		subs = append(subs, a.spockSubscriptions(ctx)...)
+	}
+	return subs
+}
+
+// spockSubscriptions reads spock.sub_show_status() (Spock's documented
+// status function) when the extension is installed.
+func (a *Agent) spockSubscriptions(ctx context.Context) []consulkv.SubscriptionStatus {
+	var subs []consulkv.SubscriptionStatus
+	err := a.pgi().WithConn(ctx, func(c *pgx.Conn) error {
+		var installed bool
+		if err := c.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'spock')").Scan(&installed); err != nil || !installed {
+			return err
+		}
+		rows, err := c.Query(ctx, "SELECT subscription_name, status, provider_dsn FROM spock.sub_show_status()")
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var name, status, dsn string
+			if err := rows.Scan(&name, &status, &dsn); err != nil {
+				return err
+			}
+			subs = append(subs, consulkv.SubscriptionStatus{Name: name, Database: "postgres", Enabled: status != "disabled",
+				Running: status == "replicating", Endpoints: endpointsOf(dsn), Source: "spock"})
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		a.log.Debug("spock status failed", zap.Error(err))
+	}
+	return subs
+}
+
+// syncLogicalSlots keeps this replica's copies of the leader's logical
+// slots: missing ones are copied (then PostgreSQL is restarted to load
+// them), present ones are advanced to the leader's published position. It
+// returns whether every leader slot has a current copy.
+func (a *Agent) syncLogicalSlots(ctx context.Context, g *consulkv.GroupView, local Local) bool {
+	if g == nil || g.Status == nil || len(g.Status.LogicalSlots) == 0 {
+		a.copiedSlots = nil
+		return false
+	}
+	if !local.Running || !local.InRecovery || g.Leader == nil || g.Members[g.Leader.Member] == nil {
+		return false
+	}
+	inst := a.pgi()
+	have := map[string]pg.ReplicationSlot{}
+	slots, err := inst.ReplicationSlots(ctx)
+	if err != nil {
+		return false
+	}
+	for _, s := range slots {
+		if s.Type == "logical" {
+			have[s.Name] = s
+		}
+	}
+	if a.copiedSlots == nil {
+		a.copiedSlots = map[string]bool{}
+	}
+	leader := g.Members[g.Leader.Member]
+	names := make([]string, 0, len(g.Status.LogicalSlots))
+	for n := range g.Status.LogicalSlots {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	ready := true
+	installed := 0
+	for _, name := range names {
+		want := g.Status.LogicalSlots[name]
+		if _, ok := have[name]; !ok {
+			ready = false
+			state, err := pg.ReadSlotState(ctx, a.superuserConn(leader), name)
+			if err != nil {
+				a.log.Warn("could not read the leader's logical slot", zap.String("slot", name), zap.Error(err))
+				continue
+			}
+			if err := inst.InstallSlotState(name, state); err != nil {
+				a.log.Warn("could not install a logical slot copy", zap.String("slot", name), zap.Error(err))
+				continue
+			}
+			a.copiedSlots[name] = true
+			installed++
+			continue
+		}
+		a.copiedSlots[name] = true
+		var confirmed pg.LSN
+		err := inst.WithDBConn(ctx, want.Database, func(c *pgx.Conn) error {
+			var cur string
+			if err := c.QueryRow(ctx, "SELECT coalesce(confirmed_flush_lsn, '0/0')::text FROM pg_replication_slots WHERE slot_name = $1", name).Scan(&cur); err != nil {
+				return err
+			}
+			confirmed, _ = pg.ParseLSN(cur)
+			if uint64(confirmed) >= want.ConfirmedFlush || local.LastLSN < want.ConfirmedFlush {
+				return nil // current, or we have not replayed that far yet
+			}
+			target := pg.LSN(want.ConfirmedFlush).String()
+			if _, err := c.Exec(ctx, "SELECT pg_replication_slot_advance($1, $2::pg_lsn)", name, target); err != nil {
+				return err
+			}
+			confirmed = pg.LSN(want.ConfirmedFlush)
+			return nil
+		})
+		if err != nil {
+			ready = false
+			if strings.Contains(err.Error(), "has already been removed") {
+				// The copy points at WAL this standby never had (it was made
+				// before the slot moved past our clone point): drop it and
+				// copy again once the leader's slot has moved on.
+				a.log.Info("logical slot copy predates this standby's WAL; dropping it to copy again later", zap.String("slot", name))
+				inst.Exec(ctx, "SELECT pg_drop_replication_slot($1)", name)
+				delete(a.copiedSlots, name)
+			} else {
+				a.log.Warn("advancing a logical slot copy failed", zap.String("slot", name), zap.Error(err))
+			}
+			continue
+		}
+		if uint64(confirmed) < want.ConfirmedFlush {
+			ready = false
+		}
+	}
+	// Drop copies of slots the leader no longer has (only ones we made).
+	for name := range have {
+		if _, still := g.Status.LogicalSlots[name]; !still && a.copiedSlots[name] {
+			if _, err := inst.Exec(ctx, "SELECT pg_drop_replication_slot($1)", name); err == nil {
+				a.log.Info("dropped the copy of a logical slot the leader no longer has", zap.String("slot", name))
+				delete(a.copiedSlots, name)
+			}
+		}
+	}
+	if installed > 0 {
+		a.log.Info("restarting to load logical slot copies", zap.Int("slots", installed))
+		if err := inst.Stop(ctx, pg.StopFast); err != nil {
+			a.log.Warn("restart for slot copies: stop failed", zap.Error(err))
+			return false
+		}
+		if err := a.start(ctx); err != nil {
+			a.log.Warn("restart for slot copies: start failed", zap.Error(err))
+		}
+		return false
+	}
+	return ready
+}
+
+// checkLogicalAfterPromotion verifies that the logical slots the previous
+// leader published exist here and are usable.
+func (a *Agent) checkLogicalAfterPromotion(ctx context.Context, prev *consulkv.GroupStatus) {
+	if prev == nil || len(prev.LogicalSlots) == 0 {
+		return
+	}
+	slots, err := a.pgi().ReplicationSlots(ctx)
+	if err != nil {
+		a.log.Warn("could not verify logical slots after promotion", zap.Error(err))
+		return
+	}
+	have := map[string]pg.ReplicationSlot{}
+	for _, s := range slots {
+		have[s.Name] = s
+	}
+	for name := range prev.LogicalSlots {
+		s, ok := have[name]
+		switch {
+		case !ok:
+			a.log.Error("logical slot missing after promotion: its subscribers cannot continue from this member", zap.String("slot", name))
+		case s.WALStatus == "lost":
+			a.log.Error("logical slot invalid after promotion (WAL lost)", zap.String("slot", name))
+		default:
+			a.log.Info("logical slot present after promotion", zap.String("slot", name), zap.String("wal_status", s.WALStatus))
+		}
+	}
+}
+
+// terminateLogicalWalsenders cuts consumers off a primary that is being
+// demoted, so other groups stop reading from it at once.
+func (a *Agent) terminateLogicalWalsenders(ctx context.Context) {
+	rows, err := a.pgi().Query(ctx, `SELECT slot_name, pg_terminate_backend(active_pid) AS ok FROM pg_replication_slots
+		WHERE slot_type = 'logical' AND active_pid IS NOT NULL`)
+	if err != nil {
+		return
+	}
+	for _, r := range rows {
+		a.log.Info("terminated a logical walsender of the demoted primary", zap.Any("slot", r["slot_name"]))
+	}
+	if a.dyn.ReplicationProfile() == consulkv.ReplicationSpock {
+		// Spock's documented read-only switch keeps the demoted node from
+		// taking writes that would replicate to the mesh.
+		if _, err := a.pgi().Exec(ctx, "ALTER SYSTEM SET spock.readonly = 'all'"); err == nil {
+			a.pgi().Exec(ctx, "SELECT pg_reload_conf()")
+		}
+	}
+}
