@@ -2,8 +2,10 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os/exec"
 	"sort"
 	"strings"
 	"testing"
@@ -251,6 +253,31 @@ func logicalFailover(t *testing.T, mode string) {
 	if mode == "sync" && (len(lostOnA) > 0 || len(extraOnB) > 0) {
 		t.Fatalf("sync mode lost acknowledged writes: lost on A %v, only on B %v", lostOnA, extraOnB)
 	}
+
+	// pgmesh status shows both subscriptions replicating between the groups.
+	bin := testbed.PgmeshBinary(t)
+	testbed.Eventually(t, 30*time.Second, "pgmesh status shows replication between groups", func() error {
+		out, err := exec.Command(bin, "status", "--consul", c.HTTPAddr, "--cluster", "itest", "-o", "json").Output()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		var doc struct {
+			Replication []struct{ From, To, Subscription, State string }
+		}
+		if err := json.Unmarshal(out, &doc); err != nil {
+			return err
+		}
+		ok := 0
+		for _, l := range doc.Replication {
+			if (l.From == "ga" && l.To == "gb" || l.From == "gb" && l.To == "ga") && l.State == "replicating" {
+				ok++
+			}
+		}
+		if ok != 2 {
+			return fmt.Errorf("replication section: %+v", doc.Replication)
+		}
+		return nil
+	})
 
 	// The old primary comes back as a replica with no logical walsenders.
 	ga.members[la].Start()

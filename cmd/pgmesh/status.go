@@ -39,10 +39,95 @@ var roleTitles = map[string]string{
 // statusDoc is the machine-readable status (-o json|yaml); the table is
 // rendered from the same document so both always agree.
 type statusDoc struct {
-	Cluster  string        `json:"cluster" yaml:"cluster"`
-	Paused   bool          `json:"paused" yaml:"paused"`
-	Groups   []groupStatus `json:"groups" yaml:"groups"`
-	Problems []string      `json:"problems" yaml:"problems"`
+	Cluster     string        `json:"cluster" yaml:"cluster"`
+	Paused      bool          `json:"paused" yaml:"paused"`
+	Groups      []groupStatus `json:"groups" yaml:"groups"`
+	Replication []replLink    `json:"replication,omitempty" yaml:"replication,omitempty"`
+	Problems    []string      `json:"problems" yaml:"problems"`
+}
+
+// replLink is one subscription between groups, as its subscriber's leader
+// reports it, matched to the publishing group by endpoint.
+type replLink struct {
+	From         string  `json:"from" yaml:"from"`
+	To           string  `json:"to" yaml:"to"`
+	Subscription string  `json:"subscription" yaml:"subscription"`
+	Source       string  `json:"source" yaml:"source"`
+	State        string  `json:"state" yaml:"state"`
+	LagBytes     *uint64 `json:"lag_bytes,omitempty" yaml:"lag_bytes,omitempty"`
+	LastMessage  string  `json:"last_message,omitempty" yaml:"last_message,omitempty"`
+	// Problem is set when the link needs attention (down, disabled,
+	// lagging, publisher unknown or its slot missing).
+	Problem string `json:"problem,omitempty" yaml:"problem,omitempty"`
+}
+
+// replicationLagWarn marks a subscription as lagging in the table.
+const replicationLagWarn = 16 << 20
+
+// buildReplication derives the replication section: every subscription on
+// a group's leader, with the publishing group found by host:port.
+func buildReplication(v *consulkv.ClusterView, now time.Time) []replLink {
+	owner := map[string]string{}
+	for _, gname := range v.GroupNames() {
+		for _, m := range v.Groups[gname].Members {
+			owner[fmt.Sprintf("%s:%d", m.Host, m.Port)] = gname
+		}
+	}
+	var links []replLink
+	for _, gname := range v.GroupNames() {
+		g := v.Groups[gname]
+		if g.Leader == nil || g.Members[g.Leader.Member] == nil || g.Members[g.Leader.Member].Logical == nil {
+			continue
+		}
+		for _, sub := range g.Members[g.Leader.Member].Logical.Subscriptions {
+			l := replLink{To: gname, Subscription: sub.Name, Source: sub.Source, From: "?"}
+			for _, ep := range sub.Endpoints {
+				if o, ok := owner[ep]; ok {
+					l.From = o
+					break
+				}
+			}
+			if !sub.LastMsgReceipt.IsZero() {
+				l.LastMessage = now.Sub(sub.LastMsgReceipt).Round(time.Second).String() + " ago"
+			}
+			if pub := v.Groups[l.From]; pub != nil && pub.Leader != nil && pub.Members[pub.Leader.Member] != nil {
+				pm := pub.Members[pub.Leader.Member]
+				found := false
+				if pm.Logical != nil {
+					for _, slot := range pm.Logical.Slots {
+						if slot.Name == sub.Name {
+							lag := slot.LagBytes
+							l.LagBytes = &lag
+							found = true
+						}
+					}
+				}
+				if !found && sub.Source == "native" {
+					l.Problem = "no slot " + sub.Name + " on " + l.From + "'s leader"
+				}
+			}
+			switch {
+			case !sub.Enabled:
+				l.State = "disabled"
+				l.Problem = "subscription disabled"
+			case !sub.Running:
+				l.State = "DOWN"
+				if l.Problem == "" {
+					l.Problem = "no apply worker running"
+				}
+			case l.LagBytes != nil && *l.LagBytes > replicationLagWarn:
+				l.State = "lagging"
+				l.Problem = fmt.Sprintf("%.1f MB behind", float64(*l.LagBytes)/(1<<20))
+			default:
+				l.State = "replicating"
+			}
+			if l.From == "?" && l.Problem == "" {
+				l.Problem = "publisher is not a member of this mesh"
+			}
+			links = append(links, l)
+		}
+	}
+	return links
 }
 
 type groupStatus struct {
@@ -114,6 +199,11 @@ func buildStatus(cluster string, v *consulkv.ClusterView, only string) statusDoc
 			continue
 		}
 		doc.Groups = append(doc.Groups, buildGroup(v.Groups[name], cfg.GroupPaused(name)))
+	}
+	for _, l := range buildReplication(v, time.Now()) {
+		if only == "" || l.From == only || l.To == only {
+			doc.Replication = append(doc.Replication, l)
+		}
 	}
 	return doc
 }
@@ -275,6 +365,25 @@ func renderStatus(w io.Writer, doc statusDoc) {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, hp, roleTitles[m.Role], m.State, tl,
 				recv, replay, formatLagMB(m), formatTags(m.Tags))
+		}
+		tw.Flush()
+		writeTrimmed(w, tb.String())
+	}
+	if len(doc.Replication) > 0 {
+		fmt.Fprintf(w, "\nReplication between groups\n")
+		var tb strings.Builder
+		tw := tabwriter.NewWriter(&tb, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "From\tTo\tSubscription\tState\tLag in MB\tLast message\tProblem")
+		for _, l := range doc.Replication {
+			lag := ""
+			if l.LagBytes != nil {
+				lag = fmt.Sprintf("%.1f", float64(*l.LagBytes)/(1<<20))
+			}
+			problem := l.Problem
+			if problem != "" {
+				problem = "!! " + problem
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", l.From, l.To, l.Subscription, l.State, lag, l.LastMessage, problem)
 		}
 		tw.Flush()
 		writeTrimmed(w, tb.String())

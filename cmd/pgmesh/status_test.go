@@ -214,3 +214,51 @@ func TestFindMember(t *testing.T) {
 		t.Errorf("missing member: %v", err)
 	}
 }
+
+func TestReplicationSection(t *testing.T) {
+	now := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
+	member := func(name, host string, port int, logical *consulkv.LogicalStatus) *consulkv.MemberStatus {
+		return &consulkv.MemberStatus{Version: 1, Name: name, Role: consulkv.RolePrimary, State: "running", Host: host, Port: port, Logical: logical}
+	}
+	v := &consulkv.ClusterView{Groups: map[string]*consulkv.GroupView{
+		"a": {Name: "a", Leader: &consulkv.LeaderInfo{Member: "a1", Session: "s"}, Members: map[string]*consulkv.MemberStatus{
+			"a1": member("a1", "10.0.0.1", 5432, &consulkv.LogicalStatus{
+				Slots: []consulkv.LogicalSlotStatus{{Name: "b_from_a", Active: true, LagBytes: 1 << 20}, {Name: "c_from_a", LagBytes: 64 << 20}},
+			}),
+			"a2": member("a2", "10.0.0.2", 5432, nil),
+		}},
+		"b": {Name: "b", Leader: &consulkv.LeaderInfo{Member: "b1", Session: "s"}, Members: map[string]*consulkv.MemberStatus{
+			"b1": member("b1", "10.0.1.1", 5432, &consulkv.LogicalStatus{Subscriptions: []consulkv.SubscriptionStatus{
+				{Name: "b_from_a", Enabled: true, Running: true, Source: "native", Endpoints: []string{"10.0.0.2:5432", "10.0.0.1:5432"}, LastMsgReceipt: now.Add(-2 * time.Second)},
+			}}),
+		}},
+		"c": {Name: "c", Leader: &consulkv.LeaderInfo{Member: "c1", Session: "s"}, Members: map[string]*consulkv.MemberStatus{
+			"c1": member("c1", "10.0.2.1", 5432, &consulkv.LogicalStatus{Subscriptions: []consulkv.SubscriptionStatus{
+				{Name: "c_from_a", Enabled: true, Running: true, Source: "native", Endpoints: []string{"10.0.0.1:5432"}},
+				{Name: "c_from_x", Enabled: true, Running: false, Source: "native", Endpoints: []string{"192.0.2.9:5432"}},
+			}}),
+		}},
+	}}
+	links := buildReplication(v, now)
+	if len(links) != 3 {
+		t.Fatalf("links: %+v", links)
+	}
+	byName := map[string]replLink{}
+	for _, l := range links {
+		byName[l.Subscription] = l
+	}
+	if l := byName["b_from_a"]; l.From != "a" || l.To != "b" || l.State != "replicating" || l.Problem != "" || *l.LagBytes != 1<<20 || l.LastMessage != "2s ago" {
+		t.Errorf("healthy link: %+v", l)
+	}
+	if l := byName["c_from_a"]; l.State != "lagging" || !strings.Contains(l.Problem, "MB behind") {
+		t.Errorf("lagging link must stand out: %+v", l)
+	}
+	if l := byName["c_from_x"]; l.State != "DOWN" || l.From != "?" || l.Problem == "" {
+		t.Errorf("broken link must stand out: %+v", l)
+	}
+	var out strings.Builder
+	renderStatus(&out, statusDoc{Cluster: "m", Replication: links})
+	if !strings.Contains(out.String(), "Replication between groups") || !strings.Contains(out.String(), "!! ") {
+		t.Errorf("table:\n%s", out.String())
+	}
+}
