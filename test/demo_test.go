@@ -31,6 +31,8 @@ func TestDemo(t *testing.T) {
 	args := []string{"demo", "--workdir", work, "--groups", "2", "--members", "2", "--consul-bin", consulBin,
 		"--consul-port", fmt.Sprint(cport), "--dns-port", fmt.Sprint(testbed.FreePort(t)),
 		"--pg-port", fmt.Sprint(testbed.FreePortBlock(t, 4)), "--api-port", fmt.Sprint(testbed.FreePortBlock(t, 4))}
+	haproxyBase := testbed.FreePortBlock(t, 13)
+	args = append(args, "--haproxy-port", fmt.Sprint(haproxyBase))
 	cmd := exec.Command(bin, args...)
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
@@ -38,7 +40,28 @@ func TestDemo(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	t.Cleanup(func() {
+		// A failed run must not leave the demo's children behind: stop it
+		// like a user would, then kill whatever it recorded.
+		if syscall.Kill(cmd.Process.Pid, 0) == nil {
+			cmd.Process.Signal(syscall.SIGINT)
+			for i := 0; i < 600 && syscall.Kill(cmd.Process.Pid, 0) == nil; i++ {
+				time.Sleep(100 * time.Millisecond)
+			}
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
+		if data, err := os.ReadFile(filepath.Join(work, "pids")); err == nil {
+			for _, f := range strings.Fields(string(data)) {
+				var pid int
+				fmt.Sscanf(f, "%d", &pid)
+				if pid > 1 {
+					syscall.Kill(-pid, syscall.SIGKILL)
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		exec.Command("pkill", "-9", "-f", work).Run()
+	})
 	lines := make(chan string, 1000)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -96,6 +119,21 @@ func TestDemo(t *testing.T) {
 	if len(writable) != 2 {
 		t.Fatalf("writable groups %v, want n1 and n2", writable)
 	}
+	// The HAProxy write endpoint reaches the local group's (n1's) primary.
+	testbed.Eventually(t, 30*time.Second, "write through HAProxy", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=demo-superuser dbname=postgres sslmode=disable connect_timeout=2", haproxyBase))
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		var port int
+		if err := conn.QueryRow(ctx, "INSERT INTO demo_check VALUES (1) RETURNING inet_server_port()").Scan(&port); err != nil {
+			return err
+		}
+		return nil
+	})
 	status := exec.Command(bin, "status", "--consul", fmt.Sprintf("127.0.0.1:%d", cport), "--cluster", "demo", "-o", "json")
 	js, err := status.Output()
 	if err != nil || !strings.Contains(string(js), "\"n2\"") {

@@ -26,6 +26,7 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "dns-port", Value: 18600, Usage: "Consul DNS port"},
 			&cli.IntFlag{Name: "pg-port", Value: 15432, Usage: "first PostgreSQL port (one per member)"},
 			&cli.IntFlag{Name: "api-port", Value: 18008, Usage: "first agent REST API port (one per member)"},
+			&cli.IntFlag{Name: "haproxy-port", Value: 15000, Usage: "HAProxy write port; read = +1, stats = +2, per-group listeners from +10"},
 		},
 		Action: func(c *cli.Context) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -38,22 +39,37 @@ func demoCommand() *cli.Command {
 			if err != nil {
 				return cli.Exit("demo: "+err.Error(), 1)
 			}
+			fmt.Fprintf(c.App.Writer, "[+] starting HAProxy fed by `pgmesh render` (local group n1)\n")
+			routing, err := startDemoRouting(ctx, c.String("workdir"), mesh.Consul, mesh.Options().Cluster, "n1", c.Int("haproxy-port"))
+			if err != nil {
+				mesh.Stop()
+				return cli.Exit("demo: "+err.Error(), 1)
+			}
 			defer func() {
 				fmt.Fprintln(c.App.Writer, "\nstopping the demo (agents stop PostgreSQL cleanly)…")
+				routing.stop()
 				mesh.Stop()
 				fmt.Fprintln(c.App.Writer, "stopped.")
 			}()
-			printDemoSummary(c, mesh)
+			printDemoSummary(c, mesh, routing)
 			<-ctx.Done()
 			return nil
 		},
 	}
 }
 
-func printDemoSummary(c *cli.Context, mesh *demo.Mesh) {
+func printDemoSummary(c *cli.Context, mesh *demo.Mesh, r *demoRouting) {
 	w := c.App.Writer
 	o := mesh.Options()
 	fmt.Fprintf(w, "\nThe demo mesh %q is up.\n\n", o.Cluster)
+	fmt.Fprintf(w, "HAProxy (rendered by pgmesh render into %s):\n", r.dir)
+	fmt.Fprintf(w, "  writes, every group's primary (n1 first):  psql \"host=127.0.0.1 port=%d user=postgres password=demo-superuser\"\n", r.write)
+	fmt.Fprintf(w, "  reads, replicas (primaries as fallback):   psql \"host=127.0.0.1 port=%d user=postgres password=demo-superuser\"\n", r.read)
+	for i, g := range groupsOf(mesh) {
+		fmt.Fprintf(w, "  group %s's primary:                       psql \"host=127.0.0.1 port=%d user=postgres password=demo-superuser\"\n", g, r.groupBase+i)
+	}
+	fmt.Fprintf(w, "  stats page:                                http://127.0.0.1:%d/\n", r.stats)
+	fmt.Fprintf(w, "  libpq services:                            PGSERVICEFILE=%s/pg_service.conf psql \"service=%s-n1 password=demo-superuser\"\n\n", r.dir, o.Cluster)
 	fmt.Fprintf(w, "Consul:      http://%s/ui   (export CONSUL_HTTP_ADDR=%s)\n", mesh.Consul, mesh.Consul)
 	fmt.Fprintf(w, "PostgreSQL:  user postgres, password demo-superuser\n")
 	for _, m := range mesh.Members() {
@@ -72,4 +88,16 @@ func printDemoSummary(c *cli.Context, mesh *demo.Mesh) {
 		cmd.Run()
 	}
 	fmt.Fprintf(w, "\nWatch it live: %s status --consul %s --cluster %s --watch 2\nPress Ctrl-C to stop everything the demo started.\n", exe, mesh.Consul, o.Cluster)
+}
+
+func groupsOf(mesh *demo.Mesh) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range mesh.Members() {
+		if !seen[m.Group] {
+			seen[m.Group] = true
+			out = append(out, m.Group)
+		}
+	}
+	return out
 }
