@@ -1,6 +1,10 @@
 // Package demo brings up a complete pgmesh mesh on one machine: a real
 // Consul agent and groups × members of PostgreSQL 15, each managed by a
-// pgmesh agent process, all on loopback. It is what `pgmesh demo` runs.
+// pgmesh agent process, all on loopback. It is what `pgmesh demo` runs, and
+// what the benchmarks in bench/ build on: Options set the HA timings and
+// session checks, and Mesh can kill a member's "host" (agent, fence
+// watchdog, postmaster and backends at once), restart a member, and report
+// the processes' PIDs.
 package demo
 
 import (
@@ -15,8 +19,10 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -35,6 +41,29 @@ type Options struct {
 	// Ports: Consul HTTP, Consul DNS, first PostgreSQL port, first REST port.
 	ConsulHTTPPort, ConsulDNSPort, PGBasePort, APIBasePort int
 	Out                                                    io.Writer
+
+	// PgmeshBin is the pgmesh binary the agents run (default: the running
+	// executable, i.e. `pgmesh demo` itself). When the demo runs as root it
+	// must be readable and executable by OSUser.
+	PgmeshBin string
+	// The dynamic configuration the agents seed (bootstrap.dcs). Zero
+	// values keep the demo's own settings: ttl 10s, loop_wait 1s,
+	// retry_timeout 3s, lock_delay 1s.
+	TTL, LoopWait, RetryTimeout, LockDelay time.Duration
+	// SessionChecks go to consul.session_checks (e.g. ["liveness"]).
+	SessionChecks []string
+	// MemberConsul, if set, returns the Consul HTTP address the member's
+	// agent talks to (e.g. a proxy in front of Consul); "" means Consul
+	// itself.
+	MemberConsul func(group, member string) string
+	// LogLevel of the agents (default info).
+	LogLevel string
+	// Parameters are added to every member's PostgreSQL parameters (the
+	// demo sets shared_buffers 32MB).
+	Parameters map[string]string
+	// ConsulExtraHCL is appended to Consul's configuration (e.g. a
+	// limits block for a load generator).
+	ConsulExtraHCL string
 }
 
 // Member is one demo member.
@@ -45,15 +74,23 @@ type Member struct {
 	DataDir     string
 	Config      string
 	Log         string
+
+	// The agent process currently running for the member (guarded by
+	// Mesh.mu); done is closed when it has exited.
+	cmd  *exec.Cmd
+	done chan struct{}
 }
 
 // Mesh is a running demo.
 type Mesh struct {
-	opts    Options
-	members []*Member
-	procs   []*exec.Cmd
-	cred    *syscall.Credential
-	Consul  string
+	opts       Options
+	members    []*Member
+	consul     *exec.Cmd
+	consulDone chan struct{}
+	cred       *syscall.Credential
+	Consul     string
+
+	mu sync.Mutex
 }
 
 func (o *Options) defaults() error {
@@ -84,6 +121,28 @@ func (o *Options) defaults() error {
 	if o.Out == nil {
 		o.Out = os.Stdout
 	}
+	if o.TTL == 0 {
+		o.TTL = 10 * time.Second
+	}
+	if o.LoopWait == 0 {
+		o.LoopWait = time.Second
+	}
+	if o.RetryTimeout == 0 {
+		o.RetryTimeout = 3 * time.Second
+	}
+	if o.LockDelay == 0 {
+		o.LockDelay = time.Second
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "info"
+	}
+	if o.PgmeshBin == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		o.PgmeshBin = exe
+	}
 	if o.ConsulBin == "" {
 		exe, _ := os.Executable()
 		cand := filepath.Join(filepath.Dir(exe), "consul")
@@ -105,8 +164,48 @@ func (m *Mesh) say(format string, args ...any) {
 // Start builds the mesh and returns once every group has a writable leader
 // and streaming replicas.
 func Start(ctx context.Context, opts Options) (*Mesh, error) {
+	m, err := prepare(opts, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.startConsul(ctx); err != nil {
+		m.Stop()
+		return nil, err
+	}
+	if err := m.startAgents(); err != nil {
+		m.Stop()
+		return nil, err
+	}
+	if err := m.waitHealthy(ctx, 3*time.Minute, false); err != nil {
+		m.Stop()
+		return nil, err
+	}
+	return m, nil
+}
+
+// StartConsul starts only the demo's Consul (no members): the same agent
+// configuration (session_ttl_min 1s, DNS without caching) for tools that
+// bring their own clients, such as the scale benchmark. Stop stops it.
+func StartConsul(ctx context.Context, opts Options) (*Mesh, error) {
+	m, err := prepare(opts, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.startConsul(ctx); err != nil {
+		m.Stop()
+		return nil, err
+	}
+	return m, nil
+}
+
+// prepare fills the defaults, checks the OS user, the work dir and the
+// ports, and cleans what a previous run left behind.
+func prepare(opts Options, consulOnly bool) (*Mesh, error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
+	}
+	if consulOnly {
+		opts.Groups, opts.Members = 0, 0
 	}
 	m := &Mesh{opts: opts, Consul: fmt.Sprintf("127.0.0.1:%d", opts.ConsulHTTPPort)}
 	if os.Geteuid() == 0 {
@@ -129,18 +228,6 @@ func Start(ctx context.Context, opts Options) (*Mesh, error) {
 		return nil, err
 	}
 	if err := m.checkPorts(); err != nil {
-		return nil, err
-	}
-	if err := m.startConsul(ctx); err != nil {
-		m.Stop()
-		return nil, err
-	}
-	if err := m.startAgents(); err != nil {
-		m.Stop()
-		return nil, err
-	}
-	if err := m.waitHealthy(ctx, 3*time.Minute); err != nil {
-		m.Stop()
 		return nil, err
 	}
 	return m, nil
@@ -244,10 +331,12 @@ func (m *Mesh) recordPID(pid int) {
 	}
 }
 
-func (m *Mesh) spawn(name string, args []string, logPath string, asPG bool) (*exec.Cmd, error) {
+// spawn starts a process in its own process group with its output appended
+// to logPath. done is closed once it has exited (and been reaped).
+func (m *Mesh) spawn(name string, args []string, logPath string, asPG bool) (*exec.Cmd, chan struct{}, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cmd := exec.Command(name, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -258,12 +347,12 @@ func (m *Mesh) spawn(name string, args []string, logPath string, asPG bool) (*ex
 	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
+		return nil, nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	go func() { cmd.Wait(); logf.Close() }()
-	m.procs = append(m.procs, cmd)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
 	m.recordPID(cmd.Process.Pid)
-	return cmd, nil
+	return cmd, done, nil
 }
 
 func (m *Mesh) startConsul(ctx context.Context) error {
@@ -292,14 +381,21 @@ ports {
 }
 dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
 `, filepath.Join(dir, "data"), m.opts.ConsulHTTPPort, m.opts.ConsulDNSPort, m.opts.ConsulHTTPPort+1, m.opts.ConsulHTTPPort+2, m.opts.ConsulHTTPPort+3)
+	if m.opts.ConsulExtraHCL != "" {
+		hcl += m.opts.ConsulExtraHCL + "\n"
+	}
 	cfg := filepath.Join(dir, "consul.hcl")
 	if err := os.WriteFile(cfg, []byte(hcl), 0o644); err != nil {
 		return err
 	}
 	m.say("[1/3] starting Consul (%s) on %s, DNS on 127.0.0.1:%d", m.opts.ConsulBin, m.Consul, m.opts.ConsulDNSPort)
-	if _, err := m.spawn(m.opts.ConsulBin, []string{"agent", "-config-file", cfg}, filepath.Join(dir, "consul.log"), false); err != nil {
+	cmd, done, err := m.spawn(m.opts.ConsulBin, []string{"agent", "-config-file", cfg}, filepath.Join(dir, "consul.log"), false)
+	if err != nil {
 		return err
 	}
+	m.mu.Lock()
+	m.consul, m.consulDone = cmd, done
+	m.mu.Unlock()
 	kv, err := consulkv.New(consulkv.Config{Address: m.Consul, Cluster: m.opts.Cluster})
 	if err != nil {
 		return err
@@ -310,16 +406,67 @@ dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
 			return nil
 		} else if time.Now().After(deadline) {
 			return fmt.Errorf("consul did not come up (see %s): %w", filepath.Join(dir, "consul.log"), err)
+		} else if ctx.Err() != nil {
+			return ctx.Err()
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 }
 
-func (m *Mesh) startAgents() error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
+func (m *Mesh) agentConfig(mem *Member) string {
+	consul := m.Consul
+	if m.opts.MemberConsul != nil {
+		if a := m.opts.MemberConsul(mem.Group, mem.Name); a != "" {
+			consul = a
+		}
 	}
+	checks := ""
+	if len(m.opts.SessionChecks) > 0 {
+		checks = fmt.Sprintf("  session_checks: [%s]\n", strings.Join(m.opts.SessionChecks, ", "))
+	}
+	params := map[string]string{"shared_buffers": "32MB"}
+	for k, v := range m.opts.Parameters {
+		params[k] = v
+	}
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var pl strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&pl, "    %s: %q\n", k, params[k])
+	}
+	return fmt.Sprintf(`# pgmesh demo member %s
+cluster: %s
+group: %s
+name: %s
+consul:
+  address: %s
+  service_tags: [demo]
+%srestapi:
+  listen: 127.0.0.1:%d
+postgresql:
+  data_dir: %s
+  listen: 127.0.0.1
+  port: %d
+  superuser: {username: postgres, password: demo-superuser}
+  replication: {username: replicator, password: demo-replicator}
+  parameters:
+%sbootstrap:
+  dcs:
+    ttl: %s
+    loop_wait: %s
+    retry_timeout: %s
+    lock_delay: %s
+log:
+  level: %s
+  format: console
+`, mem.Name, m.opts.Cluster, mem.Group, mem.Name, consul, checks, mem.APIPort, mem.DataDir, mem.PGPort, pl.String(),
+		m.opts.TTL, m.opts.LoopWait, m.opts.RetryTimeout, m.opts.LockDelay, m.opts.LogLevel)
+}
+
+func (m *Mesh) startAgents() error {
 	m.say("[2/3] starting %d groups x %d members (PostgreSQL 15 + pgmesh agent each)", m.opts.Groups, m.opts.Members)
 	i := 0
 	for g := 1; g <= m.opts.Groups; g++ {
@@ -336,43 +483,252 @@ func (m *Mesh) startAgents() error {
 			mem := &Member{Group: group, Name: name, PGPort: m.opts.PGBasePort + i, APIPort: m.opts.APIBasePort + i,
 				DataDir: filepath.Join(dir, "data"), Config: filepath.Join(dir, "pgmesh.yml"), Log: filepath.Join(dir, "agent.log")}
 			i++
-			cfg := fmt.Sprintf(`# pgmesh demo member %s
-cluster: %s
-group: %s
-name: %s
-consul:
-  address: %s
-  service_tags: [demo]
-restapi:
-  listen: 127.0.0.1:%d
-postgresql:
-  data_dir: %s
-  listen: 127.0.0.1
-  port: %d
-  superuser: {username: postgres, password: demo-superuser}
-  replication: {username: replicator, password: demo-replicator}
-  parameters:
-    shared_buffers: 32MB
-bootstrap:
-  dcs:
-    ttl: 10s
-    loop_wait: 1s
-    retry_timeout: 3s
-    lock_delay: 1s
-log:
-  level: info
-  format: console
-`, name, m.opts.Cluster, group, name, m.Consul, mem.APIPort, mem.DataDir, mem.PGPort)
-			if err := os.WriteFile(mem.Config, []byte(cfg), 0o644); err != nil {
-				return err
-			}
-			if _, err := m.spawn(exe, []string{"agent", mem.Config}, mem.Log, true); err != nil {
+			if err := os.WriteFile(mem.Config, []byte(m.agentConfig(mem)), 0o644); err != nil {
 				return err
 			}
 			m.members = append(m.members, mem)
+			if err := m.StartMember(mem); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// StartMember starts the member's agent (again, e.g. after KillHost or
+// StopMember); its log is appended to. It is a no-op while the agent runs.
+func (m *Mesh) StartMember(mem *Member) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if mem.done != nil {
+		select {
+		case <-mem.done:
+		default:
+			return nil
+		}
+	}
+	cmd, done, err := m.spawn(m.opts.PgmeshBin, []string{"agent", mem.Config}, mem.Log, true)
+	if err != nil {
+		return err
+	}
+	mem.cmd, mem.done = cmd, done
+	return nil
+}
+
+// AgentRunning reports whether the member's agent process is alive.
+func (m *Mesh) AgentRunning(mem *Member) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if mem.done == nil {
+		return false
+	}
+	select {
+	case <-mem.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// AgentPID is the pid of the member's agent process (0 when it is not
+// running).
+func (m *Mesh) AgentPID(mem *Member) int {
+	if !m.AgentRunning(mem) {
+		return 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return mem.cmd.Process.Pid
+}
+
+// ConsulPID is the pid of the demo's Consul agent (0 when not running).
+func (m *Mesh) ConsulPID() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.consul == nil {
+		return 0
+	}
+	select {
+	case <-m.consulDone:
+		return 0
+	default:
+	}
+	return m.consul.Process.Pid
+}
+
+// DNSAddr is the Consul DNS server's address.
+func (m *Mesh) DNSAddr() string { return fmt.Sprintf("127.0.0.1:%d", m.opts.ConsulDNSPort) }
+
+// DSN is a libpq connection string for the member's PostgreSQL as the
+// demo's superuser.
+func (m *Mesh) DSN(mem *Member) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=demo-superuser dbname=postgres sslmode=disable connect_timeout=2", mem.PGPort)
+}
+
+// PostmasterPID is the pid of the member's running postmaster (0 if none).
+func (m *Mesh) PostmasterPID(mem *Member) int {
+	data, err := os.ReadFile(filepath.Join(mem.DataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0]))
+	if pid <= 1 || !procAlive(pid) {
+		return 0
+	}
+	// A recycled pid is not our postmaster: it runs in the data dir.
+	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err != nil || filepath.Clean(cwd) != filepath.Clean(mem.DataDir) {
+		return 0
+	}
+	return pid
+}
+
+// WatchdogPIDs are the pids of the member's fence watchdog (`pgmesh
+// fence-watchdog --data-dir <its data dir>`), normally one.
+func (m *Mesh) WatchdogPIDs(mem *Member) []int {
+	var pids []int
+	for _, p := range listProcs() {
+		a := p.argv
+		if len(a) >= 4 && a[len(a)-3] == "fence-watchdog" && a[len(a)-2] == "--data-dir" && filepath.Clean(a[len(a)-1]) == filepath.Clean(mem.DataDir) {
+			pids = append(pids, p.pid)
+		}
+	}
+	return pids
+}
+
+// KillHost simulates the member's host dying: the agent (its whole process
+// group), its fence watchdog, the postmaster and every postmaster child are
+// first stopped (SIGSTOP, so nothing can react or fork) and then killed with
+// SIGKILL together. It returns the instant of the SIGKILLs.
+func (m *Mesh) KillHost(mem *Member) (time.Time, error) {
+	agent := m.AgentPID(mem)
+	pm := m.PostmasterPID(mem)
+	wds := m.WatchdogPIDs(mem)
+	if agent == 0 && pm == 0 {
+		return time.Time{}, fmt.Errorf("kill host %s: neither agent nor postmaster is running", mem.Name)
+	}
+	groups := []int{}
+	if agent > 0 {
+		groups = append(groups, agent)
+	}
+	groups = append(groups, wds...)
+	if pm > 0 {
+		groups = append(groups, pm)
+	}
+	for _, g := range groups {
+		syscall.Kill(-g, syscall.SIGSTOP)
+		syscall.Kill(g, syscall.SIGSTOP)
+	}
+	// Postmaster children run in their own sessions: find them by parent.
+	var kids []int
+	if pm > 0 {
+		for _, p := range listProcs() {
+			if p.ppid == pm {
+				kids = append(kids, p.pid)
+			}
+		}
+	}
+	at := time.Now()
+	for _, g := range append(groups, kids...) {
+		syscall.Kill(-g, syscall.SIGKILL)
+		syscall.Kill(g, syscall.SIGKILL)
+	}
+	m.mu.Lock()
+	done := mem.done
+	m.mu.Unlock()
+	if done != nil {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			return at, fmt.Errorf("kill host %s: agent did not exit after SIGKILL", mem.Name)
+		}
+	}
+	return at, nil
+}
+
+// StopMember stops the member's agent with SIGTERM (it stops PostgreSQL
+// cleanly; a leader hands over first) and waits up to timeout, then kills
+// what is left of the member.
+func (m *Mesh) StopMember(mem *Member, timeout time.Duration) {
+	m.mu.Lock()
+	cmd, done := mem.cmd, mem.done
+	m.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+	m.killLeftovers(mem)
+}
+
+// killLeftovers kills a member's watchdog and postmaster that outlived its
+// agent (after a SIGKILL of the agent, or an agent that hung on stop).
+func (m *Mesh) killLeftovers(mem *Member) {
+	for _, pid := range m.WatchdogPIDs(mem) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	if pid := m.PostmasterPID(mem); pid > 0 {
+		syscall.Kill(pid, syscall.SIGQUIT)
+		for i := 0; i < 50 && m.PostmasterPID(mem) > 0; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if pid := m.PostmasterPID(mem); pid > 0 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+type procInfo struct {
+	pid, ppid int
+	argv      []string
+}
+
+// listProcs reads every process's pid, parent and command line from /proc.
+func listProcs() []procInfo {
+	ents, _ := os.ReadDir("/proc")
+	var out []procInfo
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// The command name may contain spaces and parentheses: the fields
+		// after it start behind the last ')'.
+		i := strings.LastIndexByte(string(stat), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 2 || f[0] == "Z" {
+			continue
+		}
+		ppid, _ := strconv.Atoi(f[1])
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		argv := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+		out = append(out, procInfo{pid: pid, ppid: ppid, argv: argv})
+	}
+	return out
+}
+
+// procAlive reports whether pid exists and is not a zombie.
+func procAlive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 || i+3 > len(stat) {
+		return false
+	}
+	return stat[i+2] != 'Z' && stat[i+2] != 'X'
 }
 
 func httpStatus(url string) (int, map[string]any) {
@@ -387,14 +743,22 @@ func httpStatus(url string) (int, map[string]any) {
 	return resp.StatusCode, body
 }
 
-func (m *Mesh) waitHealthy(ctx context.Context, timeout time.Duration) error {
-	m.say("[3/3] waiting for every group to elect a leader and stream to its replicas")
+// WaitHealthy waits until every group has a writable leader and every
+// other member is a streaming replica (as their REST APIs say), e.g. after
+// a member was restarted.
+func (m *Mesh) WaitHealthy(ctx context.Context, timeout time.Duration) error {
+	return m.waitHealthy(ctx, timeout, true)
+}
+
+func (m *Mesh) waitHealthy(ctx context.Context, timeout time.Duration, quiet bool) error {
+	if !quiet {
+		m.say("[3/3] waiting for every group to elect a leader and stream to its replicas")
+	}
 	deadline := time.Now().Add(timeout)
 	reported := map[string]bool{}
 	for {
-		for i, p := range m.procs[1:] {
-			if syscall.Kill(p.Process.Pid, 0) != nil {
-				mem := m.members[i]
+		for _, mem := range m.members {
+			if !m.AgentRunning(mem) {
 				return fmt.Errorf("agent %s exited; the end of %s:\n%s", mem.Name, mem.Log, tail(mem.Log, 15))
 			}
 		}
@@ -405,7 +769,7 @@ func (m *Mesh) waitHealthy(ctx context.Context, timeout time.Duration) error {
 			r, _ := httpStatus(base + "/replica")
 			if p == 200 || r == 200 {
 				ready++
-				if !reported[mem.Name] {
+				if !reported[mem.Name] && !quiet {
 					role := "replica"
 					if p == 200 {
 						role = "leader"
@@ -436,30 +800,47 @@ func (m *Mesh) Members() []*Member { return m.members }
 func (m *Mesh) Options() Options { return m.opts }
 
 // Stop stops the agents together (each stops its PostgreSQL cleanly), then
-// Consul.
+// Consul. Watchdogs and postmasters that outlived their agent (a killed
+// host, an agent that did not stop in time) are killed too. Stop may be
+// called more than once.
 func (m *Mesh) Stop() {
-	wait := func(cmds []*exec.Cmd, timeout time.Duration) {
-		deadline := time.Now().Add(timeout)
-		for _, p := range cmds {
-			for p.Process != nil && syscall.Kill(p.Process.Pid, 0) == nil {
-				if time.Now().After(deadline) {
-					syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
-					break
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
+	m.mu.Lock()
+	type running struct {
+		mem  *Member
+		cmd  *exec.Cmd
+		done chan struct{}
+	}
+	var agents []running
+	for _, mem := range m.members {
+		if mem.cmd != nil {
+			agents = append(agents, running{mem, mem.cmd, mem.done})
 		}
 	}
-	if len(m.procs) > 1 {
-		agents := m.procs[1:]
-		for _, p := range agents {
-			p.Process.Signal(syscall.SIGTERM)
-		}
-		wait(agents, 60*time.Second)
+	consul, consulDone := m.consul, m.consulDone
+	m.mu.Unlock()
+	for _, a := range agents {
+		a.cmd.Process.Signal(syscall.SIGTERM)
 	}
-	if len(m.procs) > 0 {
-		m.procs[0].Process.Signal(syscall.SIGTERM)
-		wait(m.procs[:1], 15*time.Second)
+	deadline := time.After(60 * time.Second)
+	for _, a := range agents {
+		select {
+		case <-a.done:
+		case <-deadline:
+			syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL)
+			<-a.done
+		}
+	}
+	for _, mem := range m.members {
+		m.killLeftovers(mem)
+	}
+	if consul != nil {
+		consul.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-consulDone:
+		case <-time.After(15 * time.Second):
+			syscall.Kill(-consul.Process.Pid, syscall.SIGKILL)
+			<-consulDone
+		}
 	}
 	os.Remove(filepath.Join(m.opts.WorkDir, "pids"))
 }
