@@ -18,6 +18,25 @@ func boolp(b bool) *bool { return &b }
 // act carries out a decision.
 func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 	inst := a.pgi()
+	// A decision is only as good as its observation. If the agent was
+	// frozen (SIGSTOP, swap, a stuck call) between observing and acting,
+	// the observation may say "lock held, lease valid" long after both are
+	// gone: never make PostgreSQL writable from it. Demoting is always safe.
+	if d.Action != ActDemote && d.Action != ActNone && d.Action != ActRefuse {
+		limit := a.dyn.LoopWait.D()
+		if limit < time.Second {
+			limit = time.Second
+		}
+		if age := time.Since(o.Now); age > limit {
+			a.log.Warn("observation is stale (was the agent paused?); re-observing instead of acting",
+				zap.String("action", d.Action.String()), zap.Duration("age", age.Round(time.Millisecond)))
+			return nil
+		}
+	}
+	if makesWritable(d.Action) && d.Action != ActAcquire && !a.lock.LeaseValid(time.Now()) {
+		a.log.Warn("lease ran out between observation and action; not making PostgreSQL writable", zap.String("action", d.Action.String()))
+		return nil
+	}
 	switch d.Action {
 	case ActNone, ActRefuse:
 		return nil
@@ -40,6 +59,7 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		if d.ClearFailover {
 			a.clearFailover(ctx, o.Group)
 		}
+		a.repairLeaderKey(ctx, o.Group)
 		return a.leaderHousekeeping(ctx, o.Group)
 	case ActStartPrimary:
 		a.fw.arm(a.fenceDeadline(time.Now()))
@@ -110,6 +130,15 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 	return fmt.Errorf("unknown action %v", d.Action)
 }
 
+// makesWritable: actions after which PostgreSQL may accept writes.
+func makesWritable(act Action) bool {
+	switch act {
+	case ActStartPrimary, ActPromote, ActAcquire, ActKeepLeader, ActBootstrap, ActRaceInitialize:
+		return true
+	}
+	return false
+}
+
 func (a *Agent) start(ctx context.Context) error {
 	err := a.pgi().Start(ctx)
 	if errors.Is(err, pg.ErrStartTimeout) {
@@ -117,6 +146,21 @@ func (a *Agent) start(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// startReplica starts PostgreSQL as a standby of a leader, waiting about
+// one loop for it to accept connections, not pg_ctl's 60s. A standby that
+// needs the leader's WAL to become consistent (after pg_rewind, or a crash
+// under load) only gets it through its replication slot, and a leader that
+// did not know this member (a new leader, elected while this member's key
+// was gone) creates that slot only once this member publishes its key again
+// — which the loop does after this action. Waiting here for consistency
+// deadlocked until pg_ctl gave up. A still-starting standby is checked again
+// next loop.
+func (a *Agent) startReplica(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, a.dyn.LoopWait.D()+2*time.Second)
+	defer cancel()
+	return a.start(ctx)
 }
 
 // bootstrap runs initdb, starts as primary, takes the lock and records the
@@ -211,13 +255,13 @@ func (a *Agent) follow(ctx context.Context, g *consulkv.GroupView, leader string
 	running, _ := inst.IsRunning()
 	switch {
 	case !running:
-		return a.start(ctx)
+		return a.startReplica(ctx)
 	case restart:
 		a.log.Info("restarting to follow the new leader", zap.String("leader", leader))
 		if err := inst.Stop(ctx, pg.StopFast); err != nil {
 			return err
 		}
-		return a.start(ctx)
+		return a.startReplica(ctx)
 	case changed:
 		return inst.Reload(ctx)
 	}
@@ -239,6 +283,9 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 			}
 		}
 		inst = a.pgi()
+	}
+	if !a.lock.LeaseValid(time.Now()) {
+		return fmt.Errorf("promote: lease ran out before promotion; not promoting")
 	}
 	start := time.Now()
 	// Promote first: pg_ctl promote needs standby.signal in place, which
@@ -326,6 +373,22 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, g *consulkv.GroupView) e
 	return inst.EnsurePhysicalSlots(ctx, members)
 }
 
+// repairLeaderKey rewrites the leader key's value when our session holds
+// the key but the value is unreadable or names another member (a plain PUT
+// by hand keeps the lock and replaces the value). Followers and tools would
+// otherwise not know who leads until the next failover.
+func (a *Agent) repairLeaderKey(ctx context.Context, g *consulkv.GroupView) {
+	if g == nil || g.Leader == nil || g.Leader.Member == a.cfg.Name {
+		return
+	}
+	ok, err := a.lock.Acquire(ctx)
+	if err != nil || !ok {
+		a.log.Warn("could not rewrite the unreadable leader key", zap.Bool("acquired", ok), zap.Error(err))
+		return
+	}
+	a.log.Warn("rewrote the leader key: its value was unreadable or named another member", zap.String("found", g.Leader.Member))
+}
+
 func (a *Agent) clearFailover(ctx context.Context, g *consulkv.GroupView) {
 	if g == nil || g.FailoverIndex == 0 {
 		return
@@ -404,13 +467,35 @@ func (a *Agent) switchover(ctx context.Context, o Observation, candidate string)
 	if err != nil {
 		return fmt.Errorf("switchover: controldata: %w", err)
 	}
-	confirmed := a.waitPeerHas(ctx, cm.APIURL, uint64(cd.CheckpointLSN), 10*time.Second)
+	// The wait below can outlast the session TTL: keep the session (and so
+	// the lock) alive meanwhile. PostgreSQL is stopped, nothing can be
+	// written, so holding the lock longer is safe; losing it here let
+	// another member win a race with part of our WAL missing.
+	waitCtx, stopRenew := context.WithCancel(ctx)
+	renewed := a.keepSessionAlive(waitCtx)
+	confirmed := a.waitPeerHas(waitCtx, cm, uint64(cd.CheckpointLSN), 10*time.Second)
+	stopRenew()
+	<-renewed
 	if !confirmed {
-		a.log.Error("switchover abandoned: candidate did not confirm our last WAL; staying primary", zap.String("candidate", candidate), zap.String("checkpoint", cd.CheckpointLSN.String()))
-		a.clearFailover(ctx, o.Group)
-		if _, _, err := inst.WriteConfig(pg.Primary, nil); err != nil {
+		// Stay primary only while we still hold the lock with a valid
+		// lease: restarting as primary after losing it made two writable
+		// primaries. Otherwise come back read-only; the loop follows (or
+		// rewinds to) whoever leads now.
+		if a.stillLeader(ctx) {
+			a.log.Error("switchover abandoned: candidate did not confirm our last WAL; staying primary", zap.String("candidate", candidate), zap.String("checkpoint", cd.CheckpointLSN.String()))
+			a.clearFailover(ctx, o.Group)
+			if _, _, err := inst.WriteConfig(pg.Primary, nil); err != nil {
+				return err
+			}
+			a.fw.arm(a.fenceDeadline(time.Now()))
+			return a.start(ctx)
+		}
+		a.log.Error("switchover abandoned and the leader lock is lost: starting read-only", zap.String("candidate", candidate), zap.String("checkpoint", cd.CheckpointLSN.String()))
+		a.iAmLeaderNow = boolp(false)
+		if _, _, err := inst.WriteConfig(pg.Replica, nil); err != nil {
 			return err
 		}
+		a.following = ""
 		return a.start(ctx)
 	}
 	// The candidate has all our WAL: no divergence is possible, so this
@@ -435,15 +520,62 @@ func (a *Agent) switchover(ctx context.Context, o Observation, candidate string)
 	return a.start(ctx)
 }
 
-// waitPeerHas polls a peer's REST status until it has received WAL past lsn.
-func (a *Agent) waitPeerHas(ctx context.Context, apiURL string, lsn uint64, timeout time.Duration) bool {
+// keepSessionAlive renews the session every few hundred milliseconds until
+// ctx ends (the returned channel closes then), for actions that keep the
+// loop busy longer than the session TTL with PostgreSQL stopped.
+func (a *Agent) keepSessionAlive(ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	every := a.lock.Options().SessionTTL() / 4
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(every):
+			}
+			if _, err := a.lock.EnsureSession(ctx); err != nil && ctx.Err() == nil {
+				a.log.Warn("renewing the session during a switchover failed", zap.Error(err))
+			}
+		}
+	}()
+	return done
+}
+
+// stillLeader renews the session and checks in Consul that it still holds
+// the leader key, with the lease valid afterwards.
+func (a *Agent) stillLeader(ctx context.Context) bool {
+	sess, err := a.lock.EnsureSession(ctx)
+	if err != nil || sess == "" {
+		return false
+	}
+	g, err := a.kv.ReadGroup(ctx, a.cfg.Group)
+	if err != nil || g.Leader == nil || g.Leader.Session != sess {
+		return false
+	}
+	return a.lock.LeaseValid(time.Now())
+}
+
+// waitPeerHas waits until peer m has received WAL past lsn: it asks the
+// peer's PostgreSQL directly (live) and falls back to its REST status.
+func (a *Agent) waitPeerHas(ctx context.Context, m *consulkv.MemberStatus, lsn uint64, timeout time.Duration) bool {
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(timeout)
+	ci := a.superuserConn(m)
+	ci.ConnectTimeout = 1
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if st, err := fetchPeer(ctx, client, apiURL); err == nil && st.LastLSN() > lsn {
+		qctx, cancel := context.WithTimeout(ctx, time.Second)
+		got, err := pg.ReceivedLSN(qctx, ci)
+		cancel()
+		if err == nil && uint64(got) > lsn {
 			return true
 		}
-		time.Sleep(50 * time.Millisecond)
+		if err != nil {
+			if st, err := fetchPeer(ctx, client, m.APIURL); err == nil && st.LastLSN() > lsn {
+				return true
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	return false
 }
@@ -501,7 +633,7 @@ func (a *Agent) shutdown() {
 			for _, name := range a.lastGroup.MemberNames() {
 				m := a.lastGroup.Members[name]
 				if name != a.cfg.Name && m.Role == consulkv.RoleReplica && !m.Tags.NoFailover {
-					if a.waitPeerHas(ctx, m.APIURL, uint64(cd.CheckpointLSN), 5*time.Second) {
+					if a.waitPeerHas(ctx, m, uint64(cd.CheckpointLSN), 5*time.Second) {
 						best = name
 						break
 					}
@@ -512,6 +644,11 @@ func (a *Agent) shutdown() {
 			} else {
 				a.log.Info("replica has our last WAL", zap.String("replica", best))
 			}
+		}
+		// Our member key still says "running primary"; replicas do not race
+		// while such a key exists, so remove it before the lock.
+		if err := a.kv.DeleteMember(ctx, a.cfg.Group, a.cfg.Name); err != nil {
+			a.log.Warn("could not delete the member key", zap.Error(err))
 		}
 		if err := a.lock.Release(ctx); err != nil {
 			a.log.Warn("could not release the leader lock", zap.Error(err))

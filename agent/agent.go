@@ -23,6 +23,12 @@ var defaultParameters = map[string]string{
 	// A replica retries a lost upstream every second, not every 5s, so it
 	// finds a new primary (or its new slot) quickly.
 	"wal_retrieve_retry_interval": "1s",
+	// A standby reports its flush position at least every second, not every
+	// 10s. When the leader moves synchronous replication to another standby
+	// (the old one is gone), commits already waiting are released only by
+	// the new standby's next report; they are blocked, so no new WAL makes
+	// it report sooner.
+	"wal_receiver_status_interval": "1s",
 }
 
 // ErrRefused is returned by Run when the data directory belongs to another

@@ -196,7 +196,10 @@ func Decide(o Observation) Decision {
 		}
 		// A request that is done (we are its candidate) or stale (it names
 		// another leader) is removed by the leader.
-		clear := g.Failover != nil && (failoverForMe(o) || (g.Failover.Kind == consulkv.KindSwitchover && g.Failover.Leader != o.Member))
+		// An unreadable request (garbage in the key) is stale by definition;
+		// left there it would block every new switchover.
+		clear := g.Failover != nil && (failoverForMe(o) || (g.Failover.Kind == consulkv.KindSwitchover && g.Failover.Leader != o.Member)) ||
+			g.Failover == nil && g.FailoverIndex != 0
 		if d, ok := leaderFailoverDecision(o); ok {
 			return d
 		}
@@ -358,18 +361,36 @@ func bestCandidate(o Observation) string {
 // eligible itself, and no reachable eligible peer is better.
 func healthiest(o Observation) (bool, string) {
 	g := o.Group
+	// formerLeader handed the lock over in a pending switchover to anyone:
+	// like Patroni, it does not race and the others leave it out of the
+	// comparison, or with the same WAL it could win its own lock back (or,
+	// in synchronous mode, where it is not eligible, block the race for
+	// ever by sorting first).
+	formerLeader := ""
 	if req := g.Failover; req != nil {
 		switch {
 		case req.Candidate == o.Member:
 			return true, ""
 		case req.Candidate != "" && g.Members[req.Candidate] != nil && o.Now.Sub(req.RequestedAt) < o.Config.TTL.D():
 			return false, "a manual failover to " + req.Candidate + " is pending"
+		case req.Kind == consulkv.KindSwitchover && req.Candidate == "" && req.Leader != "" && handoverPending(o, req):
+			if req.Leader == o.Member {
+				return false, "this member handed the leader lock over in a pending switchover"
+			}
+			formerLeader = req.Leader
 		}
 	}
 	if o.Tags.NoFailover {
 		return false, "tagged nofailover"
 	}
-	if o.Config.SyncMode() != consulkv.SyncOff && !isSyncStandby(g, o.Member) {
+	// A running primary whose leader key vanished (deleted by hand, or lost
+	// with a Consul restore) has every write it acknowledged: it takes the
+	// key back unless a peer has strictly more WAL, instead of handing over
+	// to a replica that merely ties with it (a needless failover). In
+	// synchronous mode it is the sync key's leader, not a listed standby.
+	primary := o.Local.Running && !o.Local.InRecovery
+	syncLeader := primary && g.Sync != nil && g.Sync.Leader == o.Member
+	if o.Config.SyncMode() != consulkv.SyncOff && !isSyncStandby(g, o.Member) && !syncLeader {
 		return false, "synchronous_mode is " + o.Config.SyncMode() + " and this member is not a listed synchronous standby"
 	}
 	if st := g.Status; st != nil && st.LastLSN > o.Local.LastLSN {
@@ -388,6 +409,16 @@ func healthiest(o Observation) (bool, string) {
 			}
 		}
 	}
+	// A member key lives and dies with its member's session, like the
+	// leader key. A member key that still says "running primary" while the
+	// leader key is gone means that primary's session is alive: the key was
+	// deleted by hand (or the primary is handing over), not expired, so the
+	// primary may still accept writes even if its REST API did not answer.
+	for _, n := range g.MemberNames() {
+		if m := g.Members[n]; n != o.Member && n != formerLeader && m.Role == consulkv.RolePrimary && m.State == "running" {
+			return false, n + "'s member key says it runs as primary (its session is alive)"
+		}
+	}
 	names := make([]string, 0, len(o.Peers))
 	for n := range o.Peers {
 		names = append(names, n)
@@ -401,13 +432,14 @@ func healthiest(o Observation) (bool, string) {
 		if p.Role == consulkv.RolePrimary {
 			return false, n + " still runs as primary"
 		}
-		if p.Tags.NoFailover {
+		// Peers that may not take the lock do not block the race.
+		if p.Tags.NoFailover || n == formerLeader || o.Config.SyncMode() != consulkv.SyncOff && !isSyncStandby(g, n) {
 			continue
 		}
 		switch {
 		case p.LastLSN > o.Local.LastLSN:
 			return false, fmt.Sprintf("%s has more WAL (%d > %d)", n, p.LastLSN, o.Local.LastLSN)
-		case p.LastLSN < o.Local.LastLSN:
+		case p.LastLSN < o.Local.LastLSN, primary:
 			continue
 		case p.Tags.FailoverPriority > o.Tags.FailoverPriority:
 			return false, fmt.Sprintf("%s has the same WAL and a higher failover_priority", n)
@@ -416,6 +448,18 @@ func healthiest(o Observation) (bool, string) {
 		}
 	}
 	return true, ""
+}
+
+// handoverPending: a switchover request is recent enough that its leader
+// may still be handing over (it acts within a loop of the request or of the
+// scheduled time, then checkpoints, stops and waits up to 10s for the
+// candidate). Past that the request no longer keeps the former leader out.
+func handoverPending(o Observation, req *consulkv.FailoverRequest) bool {
+	from := req.RequestedAt
+	if req.ScheduledAt != nil && req.ScheduledAt.After(from) {
+		from = *req.ScheduledAt
+	}
+	return o.Now.Sub(from) < 3*o.Config.TTL.D()+15*time.Second
 }
 
 // isSyncStandby: the sync key lists name, so it has every acknowledged

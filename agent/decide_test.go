@@ -58,6 +58,8 @@ func asLeader(o *Observation) {
 // noLeader removes the leader key and gives "b" the peers' answers.
 func noLeader(o *Observation) {
 	o.Group.Leader = nil
+	// The dead leader's member key vanished with its session.
+	delete(o.Group.Members, "a")
 	o.Local.FollowingLeader = ""
 	o.Local.Streaming = false
 	o.Peers = map[string]Peer{
@@ -184,6 +186,48 @@ func TestDecide(t *testing.T) {
 			o.Local.InRecovery = false
 			o.Local.LastLSN = 1200
 		}), want: ActAcquire},
+		{name: "primary whose key vanished wins a WAL tie", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Local.InRecovery = false
+			o.Peers["a"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 1000, Tags: consulkv.MemberTags{FailoverPriority: 5}}
+		}), want: ActAcquire},
+		{name: "primary whose key vanished yields to a peer with more WAL", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Local.InRecovery = false
+			o.Peers["a"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 2000}
+		}), want: ActDemote, reason: "more WAL"},
+		{name: "sync mode: primary whose key vanished is the sync key's leader and re-acquires", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Local.InRecovery = false
+			o.Config.SynchronousMode = consulkv.SyncOn
+			o.Group.Sync = &consulkv.SyncState{Version: 1, Leader: "b", SyncStandbys: []string{"a"}}
+		}), want: ActAcquire},
+		{name: "sync mode: a replica named leader in the sync key does not race", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Config.SynchronousMode = consulkv.SyncOn
+			o.Group.Sync = &consulkv.SyncState{Version: 1, Leader: "b", SyncStandbys: []string{"a"}}
+		}), want: ActNone, reason: "not a listed synchronous standby"},
+		{name: "switchover to anyone: the former leader does not race", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", RequestedAt: t0}
+		}), want: ActNone, reason: "handed the leader lock over"},
+		{name: "switchover to anyone: the former leader does not block the others", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Member = "d"
+			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 1000}
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "c", RequestedAt: t0}
+		}), want: ActAcquire},
+		{name: "sync mode: a peer that is not a sync standby does not block the race", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Member = "d"
+			o.Config.SynchronousMode = consulkv.SyncOn
+			o.Group.Sync = &consulkv.SyncState{Version: 1, Leader: "a", SyncStandbys: []string{"d"}}
+			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 1000}
+		}), want: ActAcquire},
+		{name: "leader key deleted by hand while the primary's member key is alive: do not race", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Group.Members["a"] = member("a", consulkv.RolePrimary, 1, 1000)
+		}), want: ActNone, reason: "member key says it runs as primary"},
 		{name: "no leader and postgres down: start read-only", o: obs(func(o *Observation) { noLeader(o); o.Local.Running = false }), want: ActStartReadOnly},
 		// Rule 7: manual switchover / failover.
 		{name: "leader hands over to the named candidate", o: obs(func(o *Observation) {
@@ -207,6 +251,10 @@ func TestDecide(t *testing.T) {
 		{name: "stale switchover naming another leader is cleared", o: obs(func(o *Observation) {
 			asLeader(o)
 			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "a", Candidate: "c", RequestedAt: t0}
+		}), want: ActKeepLeader, clear: true},
+		{name: "unreadable failover key is cleared by the leader", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.FailoverIndex = 42
 		}), want: ActKeepLeader, clear: true},
 		{name: "candidate that became leader clears the request", o: obs(func(o *Observation) {
 			asLeader(o)

@@ -78,3 +78,19 @@ func (i *Instance) RemoveSlotState(name string) error {
 	}
 	return os.RemoveAll(filepath.Join(i.cfg.DataDir, "pg_replslot", name))
 }
+
+// ReceivedLSN asks a (standby) server directly how far it has received
+// WAL — live, unlike the agent's REST status, which is refreshed once per
+// loop. A switchover waits on it, so its write gap does not include a loop.
+func ReceivedLSN(ctx context.Context, source ConnInfo) (LSN, error) {
+	c, err := connect(ctx, source)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close(context.Background())
+	var s string
+	if err := c.QueryRow(ctx, "SELECT coalesce(greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), '0/0')::text").Scan(&s); err != nil {
+		return 0, err
+	}
+	return ParseLSN(s)
+}
