@@ -71,7 +71,10 @@ type Agent struct {
 	groupCount     int
 	groupCountAt   time.Time
 	paramConflicts map[string]bool
-	consulDownFrom time.Time
+	// lastConfigProblem keeps an unreadable config key from being logged
+	// every loop.
+	lastConfigProblem string
+	consulDownFrom    time.Time
 	// iAmLeaderNow, when set, overrides the observation's view of the
 	// lock for this round's publish (set by acquire/promote/release).
 	iAmLeaderNow *bool

@@ -120,8 +120,9 @@ func (a *Agent) refreshConfig(ctx context.Context) {
 	var de *consulkv.DecodeError
 	switch {
 	case errors.As(err, &de):
-		if a.lastProblems == nil || !a.lastProblems[de.Error()] {
+		if de.Error() != a.lastConfigProblem {
 			a.log.Warn("ignoring unreadable dynamic config; keeping the last good one", zap.Error(err))
+			a.lastConfigProblem = de.Error()
 		}
 		return
 	case err != nil:
@@ -133,6 +134,7 @@ func (a *Agent) refreshConfig(ctx context.Context) {
 		}
 		return
 	}
+	a.lastConfigProblem = ""
 	next := cfg.WithDefaults()
 	if next.TTL != a.dyn.TTL || next.LockDelay != a.dyn.LockDelay || next.LoopWait != a.dyn.LoopWait || next.RetryTimeout != a.dyn.RetryTimeout {
 		a.log.Info("dynamic config changed", zap.Duration("ttl", next.TTL.D()), zap.Duration("loop_wait", next.LoopWait.D()), zap.Duration("retry_timeout", next.RetryTimeout.D()), zap.Duration("lock_delay", next.LockDelay.D()))
