@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -39,9 +40,25 @@ type ConsulOptions struct {
 // data dir (so Restart keeps its state) and waits until it has a leader.
 func StartConsul(t testing.TB, opts ConsulOptions) *Consul {
 	t.Helper()
+	// Another process can grab a chosen port before Consul binds it; then
+	// start over on fresh ports rather than fail the test.
+	for attempt := 1; ; attempt++ {
+		c, err := tryStartConsul(t, opts)
+		if err == nil {
+			return c
+		}
+		if attempt >= 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("testbed: %v; retrying on other ports", err)
+	}
+}
+
+func tryStartConsul(t testing.TB, opts ConsulOptions) (*Consul, error) {
+	t.Helper()
 	bin, err := ConsulBinary()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if opts.SessionTTLMin == 0 {
 		opts.SessionTTLMin = time.Second
@@ -84,57 +101,81 @@ dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
 `, c.NodeName, filepath.Join(dir, "data"), opts.SessionTTLMin.String(), http, dns, server, serfLAN, serfWAN)
 	cfgPath := filepath.Join(dir, "consul.hcl")
 	if err := os.WriteFile(cfgPath, []byte(hcl), 0o644); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	c.args = []string{"agent", "-config-file", cfgPath}
+	if err := c.startErr(); err != nil {
+		return nil, err
+	}
 	DumpOnFailure(t, "consul", c.logPath)
-	c.start()
 	t.Cleanup(c.Stop)
-	return c
+	return c, nil
 }
 
 func (c *Consul) start() {
 	c.t.Helper()
+	if err := c.startErr(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// startErr starts the agent and waits until it is ready; a start-up failure
+// is returned with the reason from the log.
+func (c *Consul) startErr() error {
 	logf, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		c.t.Fatal(err)
+		return err
 	}
 	cmd := exec.Command(c.bin, c.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		c.t.Fatalf("testbed: start consul: %v", err)
+		return fmt.Errorf("testbed: start consul: %w", err)
 	}
 	c.cmd = cmd
 	c.done = make(chan struct{})
 	go func() { cmd.Wait(); logf.Close(); close(c.done) }()
-	c.WaitReady(30 * time.Second)
+	return c.waitReady(30 * time.Second)
 }
 
 // WaitReady polls until the agent answers and the cluster has a leader.
 func (c *Consul) WaitReady(timeout time.Duration) {
 	c.t.Helper()
+	if err := c.waitReady(timeout); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *Consul) waitReady(timeout time.Duration) error {
 	cl := c.Client()
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
 		select {
 		case <-c.done:
-			c.t.Fatalf("testbed: consul exited during start-up (see log)")
+			c.cmd = nil
+			logText, _ := os.ReadFile(c.logPath)
+			reason := "see its log"
+			for _, l := range strings.Split(string(logText), "\n") {
+				if strings.Contains(l, "[ERROR]") {
+					reason = strings.TrimSpace(l)
+				}
+			}
+			return fmt.Errorf("testbed: consul exited during start-up: %s", reason)
 		default:
 		}
 		leader, err := cl.Status().Leader()
 		if err == nil && leader != "" {
 			// The catalog must have our node before sessions can be made.
 			if _, _, err := cl.Catalog().Node(c.NodeName, nil); err == nil {
-				return
+				return nil
 			}
 		}
 		last = err
 		time.Sleep(100 * time.Millisecond)
 	}
-	c.t.Fatalf("testbed: consul not ready after %s: %v", timeout, last)
+	return fmt.Errorf("testbed: consul not ready after %s: %v", timeout, last)
 }
 
 // Client returns a consul/api client for the agent.

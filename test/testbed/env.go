@@ -145,29 +145,33 @@ var (
 	usedPort = map[int]bool{}
 )
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago and
-// that this process has not handed out before.
+// FreePort returns a TCP port on 127.0.0.1 (UDP too, for Consul's DNS)
+// that was free a moment ago and that this process has not handed out
+// before. It picks below Linux's ephemeral range (32768+): a port the kernel
+// just handed out for "port 0" is soon reused as the source port of some
+// outgoing connection, and the server meant for it then fails to bind.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	portMu.Lock()
 	defer portMu.Unlock()
-	for i := 0; i < 100; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("testbed: free port: %v", err)
+	seed := int(time.Now().UnixNano()/1000) + os.Getpid()*7919
+	for try := 0; try < 2000; try++ {
+		port := 20000 + (seed+try*7907)%12000
+		if usedPort[port] {
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
 		l.Close()
-		// Consul's DNS also binds UDP on the port.
 		u, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue
 		}
 		u.Close()
-		if !usedPort[port] {
-			usedPort[port] = true
-			return port
-		}
+		usedPort[port] = true
+		return port
 	}
 	t.Fatal("testbed: no free port found")
 	return 0
