@@ -33,26 +33,8 @@ func TestPrimaryCutOffAndFrozen(t *testing.T) {
 	// 1. Cut the primary off from Consul (blackholed: its requests hang).
 	cut := time.Now()
 	proxies[leader].Cut()
-	var fencedAfter time.Duration
-	testbed.Eventually(t, 15*time.Second, "cut-off primary stops accepting writes", func() error {
-		if w, err := g.members[leader].IsWritable(ctx); err == nil && w {
-			return errors.New("still writable")
-		}
-		fencedAfter = time.Since(cut)
-		return nil
-	})
-	var next string
-	testbed.Eventually(t, 30*time.Second, "another member takes over", func() error {
-		l, err := g.leader()
-		if err != nil || l == "" || l == leader {
-			return fmt.Errorf("leader %q %v", l, err)
-		}
-		if w, err := g.members[l].IsWritable(ctx); err != nil || !w {
-			return fmt.Errorf("%s not writable yet", l)
-		}
-		next = l
-		return nil
-	})
+	fencedAfter := g.waitReadOnly(leader, cut, 15*time.Second)
+	next := g.waitNewLeader(leader, 30*time.Second)
 	t.Logf("primary %s cut off from Consul: read-only after %s, %s writable after %s (lease %s)", leader, fencedAfter.Round(10*time.Millisecond), next, time.Since(cut).Round(10*time.Millisecond), 1600*time.Millisecond)
 	if fencedAfter > 2*time.Second+time.Second {
 		t.Errorf("cut-off primary stayed writable %s, longer than its 1.6s lease plus 1s", fencedAfter)
@@ -69,26 +51,8 @@ func TestPrimaryCutOffAndFrozen(t *testing.T) {
 	frozen := next
 	g.members[frozen].Signal(syscall.SIGSTOP)
 	stopAt := time.Now()
-	var frozenFenced time.Duration
-	testbed.Eventually(t, 15*time.Second, "frozen agent's primary stops accepting writes", func() error {
-		if w, err := g.members[frozen].IsWritable(ctx); err == nil && w {
-			return errors.New("still writable")
-		}
-		frozenFenced = time.Since(stopAt)
-		return nil
-	})
-	var third string
-	testbed.Eventually(t, 30*time.Second, "a member takes over from the frozen one", func() error {
-		l, err := g.leader()
-		if err != nil || l == "" || l == frozen {
-			return fmt.Errorf("leader %q %v", l, err)
-		}
-		if w, err := g.members[l].IsWritable(ctx); err != nil || !w {
-			return fmt.Errorf("%s not writable yet", l)
-		}
-		third = l
-		return nil
-	})
+	frozenFenced := g.waitReadOnly(frozen, stopAt, 15*time.Second)
+	third := g.waitNewLeader(frozen, 30*time.Second)
 	t.Logf("agent of %s frozen: read-only after %s, %s writable after %s", frozen, frozenFenced.Round(10*time.Millisecond), third, time.Since(stopAt).Round(10*time.Millisecond))
 	for time.Since(stopAt) < 12*time.Second {
 		time.Sleep(100 * time.Millisecond) // keep it frozen for 3 ttls, the sampler keeps watching
@@ -257,18 +221,7 @@ func TestSessionTiedToLiveness(t *testing.T) {
 	frozen := next
 	g.members[frozen].Signal(syscall.SIGSTOP)
 	stopAt := time.Now()
-	var third string
-	testbed.Eventually(t, 30*time.Second, "a member takes over from the frozen one", func() error {
-		l, err := g.leader()
-		if err != nil || l == "" || l == frozen {
-			return fmt.Errorf("leader %q %v", l, err)
-		}
-		if w, err := g.members[l].IsWritable(ctx); err != nil || !w {
-			return fmt.Errorf("%s not writable yet", l)
-		}
-		third = l
-		return nil
-	})
+	third := g.waitNewLeader(frozen, 30*time.Second)
 	t.Logf("frozen agent %s: %s writable after %s", frozen, third, time.Since(stopAt).Round(10*time.Millisecond))
 	g.members[frozen].Signal(syscall.SIGCONT)
 	overlaps, longest := s.finish()

@@ -306,3 +306,37 @@ func post(t *testing.T, addr, path, body string) (int, string) {
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
+
+// waitNewLeader waits until a member other than old holds the leader key
+// and accepts writes, and returns it.
+func (g *group) waitNewLeader(old string, timeout time.Duration) string {
+	g.t.Helper()
+	var next string
+	testbed.Eventually(g.t, timeout, "a member other than "+old+" leads and is writable", func() error {
+		l, err := g.leader()
+		if err != nil || l == "" || l == old {
+			return fmt.Errorf("leader %q %v", l, err)
+		}
+		if w, err := g.members[l].IsWritable(context.Background()); err != nil || !w {
+			return fmt.Errorf("%s not writable yet", l)
+		}
+		next = l
+		return nil
+	})
+	return next
+}
+
+// waitReadOnly waits until member m no longer accepts writes and returns
+// how long after since that was seen.
+func (g *group) waitReadOnly(m string, since time.Time, timeout time.Duration) time.Duration {
+	g.t.Helper()
+	var took time.Duration
+	testbed.Eventually(g.t, timeout, m+" stops accepting writes", func() error {
+		if w, err := g.members[m].IsWritable(context.Background()); err == nil && w {
+			return errors.New("still writable")
+		}
+		took = time.Since(since)
+		return nil
+	})
+	return took
+}

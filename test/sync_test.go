@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -53,18 +52,7 @@ func TestSyncModeNoAcknowledgedWriteLost(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	killed := time.Now()
 	g.members[leader].KillHost()
-	var next string
-	testbed.Eventually(t, 60*time.Second, "a new writable leader", func() error {
-		l, err := g.leader()
-		if err != nil || l == "" || l == leader {
-			return fmt.Errorf("leader %q", l)
-		}
-		if ok, err := g.members[l].IsWritable(ctx); err != nil || !ok {
-			return errors.New("not writable yet")
-		}
-		next = l
-		return nil
-	})
+	next := g.waitNewLeader(leader, 60*time.Second)
 	took := time.Since(killed)
 	time.Sleep(time.Second)
 	acked, gap := w.finish()
