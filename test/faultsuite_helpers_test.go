@@ -332,23 +332,7 @@ func startOverlapSampler(g *group) *overlapSampler {
 				return
 			default:
 			}
-			var w []string
-			var mu sync.Mutex
-			var wg sync.WaitGroup
-			for _, m := range g.order {
-				wg.Add(1)
-				go func(m string) {
-					defer wg.Done()
-					ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-					defer cancel()
-					if ok, err := g.members[m].IsWritable(ctx); err == nil && ok {
-						mu.Lock()
-						w = append(w, m)
-						mu.Unlock()
-					}
-				}(m)
-			}
-			wg.Wait()
+			w := g.writableNow(500 * time.Millisecond)
 			now := time.Now()
 			s.mu.Lock()
 			s.rounds++

@@ -143,23 +143,7 @@ func (g *group) startSampler() *sampler {
 				return
 			default:
 			}
-			var w []string
-			var mu sync.Mutex
-			var wg sync.WaitGroup
-			for _, m := range g.order {
-				wg.Add(1)
-				go func(m string) {
-					defer wg.Done()
-					ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-					defer cancel()
-					if ok, err := g.members[m].IsWritable(ctx); err == nil && ok {
-						mu.Lock()
-						w = append(w, m)
-						mu.Unlock()
-					}
-				}(m)
-			}
-			wg.Wait()
+			w := g.writableNow(500 * time.Millisecond)
 			now := time.Now()
 			s.mu.Lock()
 			if len(w) > 1 {
@@ -339,4 +323,27 @@ func (g *group) waitReadOnly(m string, since time.Time, timeout time.Duration) t
 		return nil
 	})
 	return took
+}
+
+// writableNow asks every member at once whether it accepts writes, each
+// within timeout, so one snapshot covers all members at nearly one instant.
+func (g *group) writableNow(timeout time.Duration) []string {
+	var w []string
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range g.order {
+		wg.Add(1)
+		go func(m string) {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			if ok, err := g.members[m].IsWritable(ctx); err == nil && ok {
+				mu.Lock()
+				w = append(w, m)
+				mu.Unlock()
+			}
+		}(m)
+	}
+	wg.Wait()
+	return w
 }
