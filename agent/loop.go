@@ -33,7 +33,7 @@ func (a *Agent) runOnce(ctx context.Context) error {
 		a.setState(func(s *health.MemberState) { s.Message = fmt.Sprintf("%s failed: %s", d.Action, shortErr(err)) })
 	}
 	a.afterAct(ctx, o)
-	a.publish(ctx, o)
+	a.publish(ctx, o, d)
 	return nil
 }
 
@@ -256,8 +256,13 @@ func fetchPeer(ctx context.Context, client *http.Client, baseURL string) (*healt
 }
 
 // publish writes the member key and refreshes the REST API's snapshot.
-func (a *Agent) publish(ctx context.Context, o Observation) {
-	local := a.observeLocal(ctx)
+func (a *Agent) publish(ctx context.Context, o Observation, d Decision) {
+	// Only an action can have changed PostgreSQL since the observation; a
+	// quiet loop publishes what it observed instead of asking again.
+	local := o.Local
+	if d.Action != ActNone && d.Action != ActKeepLeader {
+		local = a.observeLocal(ctx)
+	}
 	now := time.Now()
 	holds := o.Group != nil && o.Group.Leader != nil && o.Session != "" && o.Group.Leader.Session == o.Session
 	// A promotion or acquisition in this round changes who holds the lock;
