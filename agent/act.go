@@ -93,6 +93,12 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 			return err
 		}
 		if !ok {
+			runningPrimary := o.Local.Running && !o.Local.InRecovery
+			if o.Group != nil && o.Group.Leader == nil && !runningPrimary {
+				a.scheduleAcquireRetry(time.Now())
+				a.log.Info("leader key free but refused (lock-delay of the last holder's session); retrying when it ends", zap.Time("retry_at", a.retryAcquireAt))
+				return nil
+			}
 			a.log.Info("lost the leader race")
 			if o.Local.Running && !o.Local.InRecovery {
 				return a.demote(ctx, false, false, "demoting: another member took the leader lock")
@@ -100,6 +106,7 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 			return nil
 		}
 		a.iAmLeaderNow = boolp(true)
+		a.quickRetries = 0
 		// Arm the watchdog before PostgreSQL becomes writable: if the agent
 		// freezes mid-promotion, nothing else would stop it.
 		a.fw.arm(a.fenceDeadline(time.Now()))
@@ -309,6 +316,15 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 		return err
 	}
 	a.iAmLeaderNow = boolp(true)
+	if a.lock.LeaseValid(time.Now()) {
+		// Tell the REST API and Consul now rather than at the end of the
+		// round: health checks, DNS and routing follow the registration.
+		a.setState(func(s *health.MemberState) {
+			s.Role, s.State, s.PGRunning, s.Timeline = consulkv.RolePrimary, "running", true, st.Timeline
+			s.IsLeader, s.Writable, s.LeaderName = true, true, a.cfg.Name
+		})
+		a.register(a.State())
+	}
 	a.log.Info("promoted to primary", zap.String("reason", reason), zap.Uint32("timeline", st.Timeline), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
 	if err := a.kv.AppendHistory(ctx, a.cfg.Group, a.lock.Session(), consulkv.HistoryEntry{Timeline: oldTL, LSN: lastLSN, Reason: reason, At: time.Now().UTC(), NewLeader: a.cfg.Name}); err != nil {
 		a.log.Warn("could not append to the history", zap.Error(err))
@@ -346,8 +362,13 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, g *consulkv.GroupView) e
 	logicalSlots, logical := a.leaderLogical(ctx, st)
 	a.logical = logical
 	gs := &consulkv.GroupStatus{Version: consulkv.ValueVersion, Leader: a.cfg.Name, LastLSN: uint64(st.CurrentLSN), Timeline: st.Timeline, LogicalSlots: logicalSlots, UpdatedAt: time.Now().UTC()}
-	if err := a.kv.LeaderPut(ctx, a.cfg.Group, a.lock.Session(), a.kv.StatusKey(a.cfg.Group), gs); err != nil {
-		return err
+	statusPresent := g != nil && g.Status != nil && g.Status.Leader == a.cfg.Name
+	if now := time.Now(); a.statusWrite.due(a.lock.Session(), gs, statusPresent, now) {
+		if err := a.kv.LeaderPut(ctx, a.cfg.Group, a.lock.Session(), a.kv.StatusKey(a.cfg.Group), gs); err != nil {
+			a.statusWrite.forget()
+			return err
+		}
+		a.statusWrite.done(a.lock.Session(), gs, now)
 	}
 	if err := a.manageSync(ctx, g, st); err != nil {
 		a.log.Warn("managing synchronous replication failed", zap.Error(err))
@@ -655,7 +676,7 @@ func (a *Agent) shutdown() {
 		}
 	}
 	if !a.cfg.Consul.DisableRegistration {
-		if err := a.kv.DeregisterMember(ctx, a.cfg.Group, a.cfg.Name); err != nil {
+		if err := a.reg.deregister(ctx); err != nil {
 			a.log.Warn("could not deregister the service", zap.Error(err))
 		}
 	}

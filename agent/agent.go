@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -60,10 +61,8 @@ type Agent struct {
 	lastProblems  map[string]bool
 	slotMembers   map[string]time.Time
 	lastGroup     *consulkv.GroupView
-	registeredSig string
 	// syncNames is the synchronous_standby_names the leader wants.
-	syncNames    string
-	registeredAt time.Time
+	syncNames string
 	// Logical replication between groups (logical.go).
 	copiedSlots    map[string]bool
 	logical        *consulkv.LogicalStatus
@@ -78,6 +77,18 @@ type Agent struct {
 	// iAmLeaderNow, when set, overrides the observation's view of the
 	// lock for this round's publish (set by acquire/promote/release).
 	iAmLeaderNow *bool
+	// watchedConfig is written by the config watch and read by the loop,
+	// which then needs no request of its own for the config each round.
+	watchedConfig atomic.Pointer[watchedConfig]
+	reg           *registrar
+	// leaderGoneAt (unix ns, set by the leader watch) and retryAcquireAt
+	// let a member refused by lock-delay retry when it ends, not a whole
+	// loop_wait later.
+	leaderGoneAt   atomic.Int64
+	retryAcquireAt time.Time
+	quickRetries   int
+	// memberWrite and statusWrite skip rewriting unchanged keys.
+	memberWrite, statusWrite changeGate
 
 	stateMu sync.Mutex
 	state   health.MemberState
@@ -112,6 +123,7 @@ func New(cfg *Config, log *zap.Logger) (*Agent, error) {
 		slotMembers: map[string]time.Time{},
 	}
 	a.lock = kv.NewLock(cfg.Group, cfg.Name, a.lockOptions())
+	a.reg = newRegistrar(a)
 	if err := a.rebuildPG(); err != nil {
 		return nil, err
 	}
@@ -275,7 +287,10 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	go a.watchGroup(watchCtx)
+	a.watchKeys(watchCtx)
+	if !a.cfg.Consul.DisableRegistration {
+		go a.reg.run(watchCtx)
+	}
 
 	fenceCtx, stopFence := context.WithCancel(context.Background())
 	defer stopFence()
@@ -307,37 +322,74 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) sleepTime() time.Duration {
 	d := a.dyn.LoopWait.D()
 	if !a.consulDownFrom.IsZero() && d > time.Second {
-		return time.Second
+		d = time.Second
+	}
+	if !a.retryAcquireAt.IsZero() {
+		if r := time.Until(a.retryAcquireAt); r < d {
+			d = max(r, 10*time.Millisecond)
+		}
 	}
 	return d
 }
 
-// watchGroup wakes the loop when the group's leader or failover key
-// changes, so followers react to a released lock at once.
-func (a *Agent) watchGroup(ctx context.Context) {
-	var lastLeader string
-	var lastFailover uint64
-	var lastErr string
-	a.kv.WatchPrefix(ctx, a.kv.GroupPrefix(a.cfg.Group), consulkv.WatchOptions{
-		Wait: time.Minute,
-		OnError: func(err error) {
-			if err.Error() != lastErr {
-				a.log.Debug("group watch failing", zap.Error(err))
-				lastErr = err.Error()
-			}
-		},
-	}, func(index uint64, pairs consulkv.KVPairs) {
-		g := a.kv.DecodeGroup(a.cfg.Group, index, pairs)
-		leader := ""
-		if g.Leader != nil {
-			leader = g.Leader.Session + "/" + g.Leader.Member
+// maxQuickRetries bounds acquire retries between loops after lock-delay
+// refusals (lock-delay is short; more refusals mean something else).
+const maxQuickRetries = 20
+
+// scheduleAcquireRetry is called when an acquire was refused although no
+// one held the leader key: Consul's lock-delay after the old holder's
+// session ended. Retry just after it ends instead of a loop_wait later.
+func (a *Agent) scheduleAcquireRetry(now time.Time) {
+	if a.quickRetries >= maxQuickRetries {
+		return
+	}
+	a.quickRetries++
+	at := now.Add(100 * time.Millisecond)
+	if gone := a.leaderGoneAt.Load(); gone != 0 {
+		if end := time.Unix(0, gone).Add(a.dyn.LockDelay.D() + 20*time.Millisecond); end.After(at) {
+			at = end
 		}
-		if leader != lastLeader || g.FailoverIndex != lastFailover {
-			lastLeader, lastFailover = leader, g.FailoverIndex
-			a.Wake()
+	}
+	a.retryAcquireAt = at
+}
+
+// watchKeys wakes the loop when the group's leader or failover key or the
+// cluster's config key changes, so followers react to a released lock at
+// once. Each key has its own blocking query: a watch on the whole group
+// prefix would also return on every member-key write of every member.
+func (a *Agent) watchKeys(ctx context.Context) {
+	var lastErr sync.Map
+	opts := func(key string) consulkv.WatchOptions {
+		return consulkv.WatchOptions{
+			Wait: time.Minute,
+			OnError: func(err error) {
+				if prev, ok := lastErr.Load(key); !ok || prev != err.Error() {
+					a.log.Debug("watch failing", zap.String("key", key), zap.Error(err))
+					lastErr.Store(key, err.Error())
+				}
+			},
 		}
+	}
+	leaderKey := a.kv.LeaderKey(a.cfg.Group)
+	go a.kv.WatchKey(ctx, leaderKey, opts(leaderKey), func(_ uint64, pair *api.KVPair) {
+		if pair == nil || pair.Session == "" {
+			// The lock-delay of a released or invalidated lock counts
+			// from about now; the loop retries the acquire when it ends.
+			a.leaderGoneAt.Store(time.Now().UnixNano())
+		}
+		a.Wake()
+	})
+	failoverKey := a.kv.FailoverKey(a.cfg.Group)
+	go a.kv.WatchKey(ctx, failoverKey, opts(failoverKey), func(uint64, *api.KVPair) { a.Wake() })
+	go a.kv.WatchKey(ctx, a.kv.ConfigKey(), opts(a.kv.ConfigKey()), func(_ uint64, pair *api.KVPair) {
+		a.watchedConfig.Store(&watchedConfig{pair: pair})
+		a.Wake()
 	})
 }
+
+// watchedConfig is the config key as the watch last saw it (pair nil when
+// the key is absent).
+type watchedConfig struct{ pair *api.KVPair }
 
 // leaseFence stops a primary whose lease ran out while the loop was stuck
 // (a Consul call hanging, a slow disk): the loop checks the lease only

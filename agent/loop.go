@@ -21,7 +21,11 @@ import (
 
 // runOnce is one observe → decide → act round.
 func (a *Agent) runOnce(ctx context.Context) error {
+	a.retryAcquireAt = time.Time{}
 	o := a.observe(ctx)
+	if o.Group != nil && o.Group.Leader != nil {
+		a.quickRetries = 0
+	}
 	d := Decide(o)
 	a.logDecision(d)
 	if d.Action == ActRefuse {
@@ -65,10 +69,13 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	o.Config = a.dyn
 	o.Paused = a.dyn.GroupPaused(a.cfg.Group)
 
-	if a.registeredSig == "" {
+	if !a.cfg.Consul.DisableRegistration && !a.reg.registered() {
 		// Registered before the session exists: a session tied to the
 		// liveness check can only be created once that check exists.
-		a.register(ctx, a.State())
+		a.register(a.State())
+		if err := a.reg.syncNow(ctx); err != nil {
+			a.log.Warn("service registration failed; retrying", zap.Error(err))
+		}
 	}
 	if _, err := a.lock.EnsureSession(ctx); err != nil {
 		if errors.Is(err, consulkv.ErrSessionGone) {
@@ -116,7 +123,16 @@ func (a *Agent) noteConsulDown(err error) {
 // refreshConfig reads the dynamic config, seeding it from bootstrap.dcs on
 // first start. A garbage value keeps the last good config in force.
 func (a *Agent) refreshConfig(ctx context.Context) {
-	cfg, idx, err := a.kv.ReadConfig(ctx)
+	var cfg *consulkv.ClusterConfig
+	var idx uint64
+	var err error
+	if w := a.watchedConfig.Load(); w != nil && w.pair != nil {
+		// The config watch keeps this current; no request needed.
+		cfg, idx, err = consulkv.DecodeConfigPair(w.pair)
+	} else {
+		// Not watched yet, or absent (then it may need seeding): read it.
+		cfg, idx, err = a.kv.ReadConfig(ctx)
+	}
 	var de *consulkv.DecodeError
 	switch {
 	case errors.As(err, &de):
@@ -340,10 +356,56 @@ func (a *Agent) publish(ctx context.Context, o Observation, d Decision) {
 	} else {
 		m.WriteLSN = 0
 	}
-	if err := a.kv.PutMember(ctx, a.cfg.Group, o.Session, m); err != nil {
-		a.log.Warn("could not write member key", zap.Error(err))
+	_, present := o.Group.Members[a.cfg.Name]
+	if a.memberWrite.due(o.Session, m, present, now) {
+		if err := a.kv.PutMember(ctx, a.cfg.Group, o.Session, m); err != nil {
+			a.log.Warn("could not write member key", zap.Error(err))
+		} else {
+			a.memberWrite.done(o.Session, m, now)
+		}
 	}
-	a.register(ctx, st)
+	a.register(st)
+}
+
+// keyRefresh is how often an unchanged member or status key is rewritten
+// anyway, so its updated_at tells readers the agent is alive.
+const keyRefresh = 30 * time.Second
+
+// changeGate decides whether a key the agent owns needs writing: when its
+// content (all but the timestamp) changed, the session changed (the key went
+// with the old one), the key is missing or unreadable in Consul, or the last
+// write is keyRefresh old. An idle agent then writes almost nothing, as
+// Patroni does with its member keys.
+type changeGate struct {
+	session string
+	content string
+	at      time.Time
+}
+
+func (g *changeGate) due(session string, v any, present bool, now time.Time) bool {
+	return !present || session != g.session || contentOf(v) != g.content || now.Sub(g.at) >= keyRefresh
+}
+
+func (g *changeGate) done(session string, v any, now time.Time) {
+	g.session, g.content, g.at = session, contentOf(v), now
+}
+
+// forget makes the next due() true (after a write may have failed halfway).
+func (g *changeGate) forget() { *g = changeGate{} }
+
+// contentOf is v's JSON without the updated_at timestamp.
+func contentOf(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return ""
+	}
+	var m map[string]any
+	if json.Unmarshal(b, &m) != nil {
+		return string(b)
+	}
+	delete(m, "updated_at")
+	b, _ = json.Marshal(m)
+	return string(b)
 }
 
 // memberService is the catalog registration for the current state.
@@ -360,28 +422,6 @@ func (a *Agent) memberService(st health.MemberState) consulkv.MemberService {
 		Port: a.cfg.PostgreSQL.Port, APIURL: a.apiURL(), Timeline: st.Timeline, ExtraTags: a.cfg.Consul.ServiceTags,
 		Passing: passing,
 	}
-}
-
-// register re-registers the member when its role or addresses changed,
-// and every 30s in case the local Consul agent lost its registrations.
-func (a *Agent) register(ctx context.Context, st health.MemberState) {
-	if a.cfg.Consul.DisableRegistration {
-		return
-	}
-	svc := a.memberService(st)
-	sig := svc.Signature()
-	if sig == a.registeredSig && time.Since(a.registeredAt) < 30*time.Second {
-		return
-	}
-	if err := a.kv.RegisterMember(ctx, svc); err != nil {
-		a.log.Warn("service registration failed; retrying next loop", zap.Error(err))
-		a.registeredSig = ""
-		return
-	}
-	if sig != a.registeredSig {
-		a.log.Info("registered service", zap.String("service_id", a.kv.ServiceID(a.cfg.Group, a.cfg.Name)), zap.Strings("tags", svc.Tags()))
-	}
-	a.registeredSig, a.registeredAt = sig, time.Now()
 }
 
 // replicationConn is how this member reaches a peer's PostgreSQL for

@@ -261,3 +261,69 @@ func TestUnreachableConsulIsAClearError(t *testing.T) {
 		t.Fatalf("ping: %v", err)
 	}
 }
+
+// TestWatchKeySeesOnlyItsKey: an agent's leader/failover/config watches must
+// wake for their own key (created, changed, lock released, deleted) and stay
+// asleep while other keys of the group are written every loop.
+func TestWatchKeySeesOnlyItsKey(t *testing.T) {
+	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	cl := newClient(t, c)
+	kv := c.Client().KV()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	key := cl.FailoverKey("g1")
+	type seen struct {
+		at   time.Time
+		pair *api.KVPair
+	}
+	calls := make(chan seen, 16)
+	go cl.WatchKey(ctx, key, consulkv.WatchOptions{Wait: 5 * time.Second}, func(_ uint64, p *api.KVPair) {
+		calls <- seen{time.Now(), p}
+	})
+	next := func(what string) seen {
+		t.Helper()
+		select {
+		case s := <-calls:
+			return s
+		case <-time.After(3 * time.Second):
+			t.Fatalf("watch did not fire for %s", what)
+		}
+		return seen{}
+	}
+	if s := next("initial state"); s.pair != nil {
+		t.Fatalf("initial call: want absent key, got %q", s.pair.Value)
+	}
+	// Neighbours written many times: no call, even across a wait timeout.
+	for i := 0; i < 20; i++ {
+		if _, err := kv.Put(&api.KVPair{Key: cl.MemberKey("g1", "m"+strconv.Itoa(i%3)), Value: []byte(strconv.Itoa(i))}, nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case s := <-calls:
+		t.Fatalf("watch fired for a neighbour's write (pair %+v)", s.pair)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	written := time.Now()
+	if _, err := kv.Put(&api.KVPair{Key: key, Value: []byte("x")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s := next("creation")
+	if s.pair == nil || string(s.pair.Value) != "x" {
+		t.Fatalf("after creation: got %+v", s.pair)
+	}
+	t.Logf("watch fired %s after the key was written", s.at.Sub(written).Round(time.Millisecond))
+	if _, err := kv.Put(&api.KVPair{Key: key, Value: []byte("y")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if s := next("change"); s.pair == nil || string(s.pair.Value) != "y" {
+		t.Fatalf("after change: got %+v", s.pair)
+	}
+	if _, err := kv.Delete(key, nil); err != nil {
+		t.Fatal(err)
+	}
+	if s := next("deletion"); s.pair != nil {
+		t.Fatalf("after deletion: want nil, got %+v", s.pair)
+	}
+}

@@ -333,6 +333,12 @@ func (c *Client) ReadConfig(ctx context.Context) (*ClusterConfig, uint64, error)
 	if err != nil {
 		return nil, 0, classify("read config", err)
 	}
+	return DecodeConfigPair(p)
+}
+
+// DecodeConfigPair decodes the config key as read or watched: (nil, 0, nil)
+// when absent, a *DecodeError with the index when unreadable.
+func DecodeConfigPair(p *api.KVPair) (*ClusterConfig, uint64, error) {
 	if p == nil {
 		return nil, 0, nil
 	}

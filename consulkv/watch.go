@@ -69,3 +69,68 @@ func (c *Client) WatchPrefix(ctx context.Context, prefix string, o WatchOptions,
 		fn(index, pairs)
 	}
 }
+
+// WatchKey calls fn with every new version of one key (pair nil while the
+// key is absent), using blocking queries, until ctx ends. The first call
+// comes at once with the current state. Unlike WatchPrefix it does not wake
+// on writes to neighbouring keys: Consul's blocking query on a single key
+// returns only when that key changes, which keeps an idle agent from being
+// woken by every member-key write in its group.
+func (c *Client) WatchKey(ctx context.Context, key string, o WatchOptions, fn func(index uint64, pair *api.KVPair)) {
+	if o.Wait <= 0 {
+		o.Wait = 5 * time.Minute
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 10 * time.Second
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = o.MaxBackoff
+	bo.MaxElapsedTime = 0
+	var index uint64
+	first := true
+	var last *api.KVPair
+	for ctx.Err() == nil {
+		qctx, cancel := context.WithTimeout(ctx, o.Wait+o.Wait/16+c.timeout)
+		q := &api.QueryOptions{WaitIndex: index, WaitTime: o.Wait}
+		pair, meta, err := c.api.KV().Get(key, q.WithContext(qctx))
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			if o.OnError != nil {
+				o.OnError(classify("watch "+key, err))
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(bo.NextBackOff()):
+			}
+			continue
+		}
+		bo.Reset()
+		newIndex := meta.LastIndex
+		if newIndex < index {
+			index = 0
+			continue
+		}
+		if newIndex == 0 {
+			newIndex = 1
+		}
+		index = newIndex
+		if !first && samePair(last, pair) {
+			continue // woken without a change to this key (index moved elsewhere)
+		}
+		first = false
+		last = pair
+		fn(index, pair)
+	}
+}
+
+func samePair(x, y *api.KVPair) bool {
+	if x == nil || y == nil {
+		return x == nil && y == nil
+	}
+	return x.ModifyIndex == y.ModifyIndex && x.Session == y.Session && x.Flags == y.Flags
+}

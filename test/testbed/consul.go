@@ -168,7 +168,8 @@ func (c *Consul) waitReady(timeout time.Duration) error {
 		leader, err := cl.Status().Leader()
 		if err == nil && leader != "" {
 			// The catalog must have our node before sessions can be made.
-			if _, _, err := cl.Catalog().Node(c.NodeName, nil); err == nil {
+			// (Node answers nil, not an error, while it is missing.)
+			if node, _, err := cl.Catalog().Node(c.NodeName, nil); err == nil && node != nil {
 				return nil
 			}
 		}
