@@ -87,6 +87,9 @@ type Agent struct {
 	leaderGoneAt   atomic.Int64
 	retryAcquireAt time.Time
 	quickRetries   int
+	// downAsLeaderSince: when PostgreSQL was first seen down while this
+	// member held the lock (primary_start_timeout).
+	downAsLeaderSince time.Time
 	// memberWrite and statusWrite skip rewriting unchanged keys.
 	memberWrite, statusWrite changeGate
 

@@ -97,15 +97,16 @@ type BootstrapConfig struct {
 
 // DynamicConfig is the YAML form of consulkv.ClusterConfig.
 type DynamicConfig struct {
-	TTL                  consulkv.Duration `yaml:"ttl"`
-	LoopWait             consulkv.Duration `yaml:"loop_wait"`
-	RetryTimeout         consulkv.Duration `yaml:"retry_timeout"`
-	LockDelay            consulkv.Duration `yaml:"lock_delay"`
-	MaximumLagOnFailover uint64            `yaml:"maximum_lag_on_failover"`
-	Parameters           map[string]string `yaml:"parameters"`
-	SynchronousMode      string            `yaml:"synchronous_mode"`
-	SynchronousNodeCount int               `yaml:"synchronous_node_count"`
-	Replication          string            `yaml:"replication"`
+	TTL                  consulkv.Duration  `yaml:"ttl"`
+	LoopWait             consulkv.Duration  `yaml:"loop_wait"`
+	RetryTimeout         consulkv.Duration  `yaml:"retry_timeout"`
+	LockDelay            consulkv.Duration  `yaml:"lock_delay"`
+	MaximumLagOnFailover uint64             `yaml:"maximum_lag_on_failover"`
+	Parameters           map[string]string  `yaml:"parameters"`
+	SynchronousMode      string             `yaml:"synchronous_mode"`
+	SynchronousNodeCount int                `yaml:"synchronous_node_count"`
+	Replication          string             `yaml:"replication"`
+	PrimaryStartTimeout  *consulkv.Duration `yaml:"primary_start_timeout"`
 }
 
 // ClusterConfig converts to the stored form (defaults filled).
@@ -121,6 +122,7 @@ func (d DynamicConfig) ClusterConfig() consulkv.ClusterConfig {
 		SynchronousMode:      d.SynchronousMode,
 		SynchronousNodeCount: d.SynchronousNodeCount,
 		Replication:          d.Replication,
+		PrimaryStartTimeout:  d.PrimaryStartTimeout,
 	}.WithDefaults()
 }
 
@@ -214,6 +216,13 @@ func applyEnv(v reflect.Value, prefix string, env map[string]string) error {
 				return fmt.Errorf("config: %s (from %s): %v", field, name, err)
 			}
 			fv.SetInt(int64(d))
+		case f.Type == reflect.PointerTo(durationType):
+			// An optional duration: set means "this value, even 0".
+			d := new(consulkv.Duration)
+			if err := d.Set(raw); err != nil {
+				return fmt.Errorf("config: %s (from %s): %v", field, name, err)
+			}
+			fv.Set(reflect.ValueOf(d))
 		case f.Type.Kind() == reflect.String:
 			fv.SetString(raw)
 		case f.Type.Kind() == reflect.Bool:

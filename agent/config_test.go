@@ -89,3 +89,31 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestPrimaryStartTimeoutFromYAMLAndEnv(t *testing.T) {
+	base := minimalYAML
+	cfg, err := ParseConfig([]byte(base), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Bootstrap.DCS.ClusterConfig().StartTimeout(); got != 300*time.Second {
+		t.Fatalf("unset primary_start_timeout = %s, want the 300s default", got)
+	}
+	cfg, err = ParseConfig([]byte(base+"bootstrap:\n  dcs:\n    primary_start_timeout: 0s\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Bootstrap.DCS.ClusterConfig().StartTimeout(); got != 0 {
+		t.Fatalf("primary_start_timeout: 0s gave %s, want 0 (fail over at once)", got)
+	}
+	cfg, err = ParseConfig([]byte(base), []string{"PGMESH_BOOTSTRAP_DCS_PRIMARY_START_TIMEOUT=45s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Bootstrap.DCS.ClusterConfig().StartTimeout(); got != 45*time.Second {
+		t.Fatalf("from the environment: %s, want 45s", got)
+	}
+	if _, err := ParseConfig([]byte(base+"bootstrap:\n  dcs:\n    primary_start_timeout: 2h\n"), nil); err == nil || !strings.Contains(err.Error(), "primary_start_timeout") {
+		t.Fatalf("2h: want an error naming primary_start_timeout, got %v", err)
+	}
+}

@@ -49,6 +49,9 @@ type Local struct {
 	// NotStreamingFor is how long a running replica with an upstream has not
 	// been streaming (0 while streaming).
 	NotStreamingFor time.Duration
+	// DownAsLeaderFor is how long PostgreSQL has been down while this
+	// member held the leader lock (0 while it runs).
+	DownAsLeaderFor time.Duration
 	// LogicalSlotsReady: current copies of every logical slot the leader
 	// published are present.
 	LogicalSlotsReady bool
@@ -208,6 +211,12 @@ func Decide(o Observation) Decision {
 			if o.Paused {
 				return Decision{Action: ActNone, ClearFailover: clear, Reason: "paused: leader's PostgreSQL is down, not starting it"}
 			}
+			if local.DownAsLeaderFor > 0 && local.DownAsLeaderFor >= o.Config.StartTimeout() {
+				if heir := replicaToTakeOver(o); heir != "" {
+					return Decision{Action: ActDemote, Release: true, Reason: fmt.Sprintf("releasing the leader lock: PostgreSQL has not come up for %s (primary_start_timeout %s) and %s can take over",
+						local.DownAsLeaderFor.Round(time.Second), o.Config.StartTimeout(), heir)}
+				}
+			}
 			return Decision{Action: ActStartPrimary, ClearFailover: clear, Reason: "holding the leader lock with PostgreSQL down: starting it as primary"}
 		case local.InRecovery:
 			return Decision{Action: ActPromote, ClearFailover: clear, Reason: "holding the leader lock as a replica: promoting"}
@@ -278,6 +287,25 @@ func Decide(o Observation) Decision {
 		return Decision{Action: ActNone, Reason: "no leader; not racing: " + why}
 	}
 	return Decision{Action: ActAcquire, Reason: "no leader: racing as the healthiest member"}
+}
+
+// replicaToTakeOver names a member that could win the election if this
+// leader let go: a running replica that may fail over and, in synchronous
+// mode, is listed in the sync key ("" when there is none — then keeping the
+// lock and retrying the start is the better bet).
+func replicaToTakeOver(o Observation) string {
+	g := o.Group
+	for _, name := range g.MemberNames() {
+		m := g.Members[name]
+		if name == o.Member || m.Role != consulkv.RoleReplica || m.State != "running" || m.Tags.NoFailover {
+			continue
+		}
+		if o.Config.SyncMode() != consulkv.SyncOff && (g.Sync == nil || !containsStr(g.Sync.SyncStandbys, name)) {
+			continue
+		}
+		return name
+	}
+	return ""
 }
 
 func memberReachable(g *consulkv.GroupView, name string) bool {

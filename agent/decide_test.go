@@ -112,6 +112,37 @@ func TestDecide(t *testing.T) {
 		{name: "leader renews", o: obs(asLeader), want: ActKeepLeader},
 		{name: "leader with expired lease demotes without release", o: obs(func(o *Observation) { asLeader(o); o.LeaseValid = false }), want: ActDemote, immediate: true, release: false, reason: "lease expired"},
 		{name: "leader whose postgres is down starts it", o: obs(func(o *Observation) { asLeader(o); o.Local.Running = false }), want: ActStartPrimary},
+		{name: "leader whose postgres stays down past primary_start_timeout releases to a replica", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Local.Running = false
+			o.Local.DownAsLeaderFor = consulkv.DefaultPrimaryStartTimeout
+		}), want: ActDemote, release: true},
+		{name: "leader keeps retrying the start before primary_start_timeout", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Local.Running = false
+			o.Local.DownAsLeaderFor = consulkv.DefaultPrimaryStartTimeout - time.Second
+		}), want: ActStartPrimary},
+		{name: "primary_start_timeout 0 releases as soon as the down primary is seen twice", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Local.Running = false
+			zero := consulkv.Duration(0)
+			o.Config.PrimaryStartTimeout = &zero
+			o.Local.DownAsLeaderFor = time.Second
+		}), want: ActDemote, release: true},
+		{name: "no replica could take over: the leader keeps the lock and retries", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Local.Running = false
+			o.Local.DownAsLeaderFor = time.Hour
+			o.Group.Members["a"].Tags.NoFailover = true
+			o.Group.Members["c"].State = "stopped"
+		}), want: ActStartPrimary},
+		{name: "sync mode: only a listed sync standby counts as heir", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Local.Running = false
+			o.Local.DownAsLeaderFor = time.Hour
+			o.Config.SynchronousMode = consulkv.SyncOn
+			o.Group.Sync = &consulkv.SyncState{Version: 1, Leader: "b", SyncStandbys: []string{"x"}}
+		}), want: ActStartPrimary},
 		{name: "paused leader whose postgres is down leaves it", o: obs(func(o *Observation) { asLeader(o); o.Local.Running = false; o.Paused = true }), want: ActNone, reason: "paused"},
 		{name: "lock holder still in recovery promotes", o: obs(func(o *Observation) { asLeader(o); o.Local.InRecovery = true }), want: ActPromote},
 		// Rule 5: someone else leads.

@@ -106,6 +106,15 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	o.Now = time.Now()
 	o.LeaseValid = a.lock.LeaseValid(o.Now)
 	o.Local = a.observeLocal(ctx)
+	holds := o.Group != nil && o.Group.Leader != nil && o.Session != "" && o.Group.Leader.Session == o.Session
+	switch {
+	case !holds || o.Local.Running:
+		a.downAsLeaderSince = time.Time{}
+	case a.downAsLeaderSince.IsZero():
+		a.downAsLeaderSince = o.Now
+	default:
+		o.Local.DownAsLeaderFor = o.Now.Sub(a.downAsLeaderSince)
+	}
 	if o.Group != nil && o.Group.Leader == nil && o.Local.Running {
 		o.Peers = a.pollPeers(ctx, o.Group)
 	}

@@ -48,6 +48,11 @@ var profiles = map[string]profile{
 	// lock when the check fails (checks run every 1s), whatever the ttl;
 	// lock_delay must be >= loop_wait + retry_timeout + 0.5s.
 	"checks": {Name: "checks", TTL: 20 * time.Second, LoopWait: time.Second, RetryTimeout: 1500 * time.Millisecond, LockDelay: 3 * time.Second, SessionChecks: []string{"liveness"}},
+	// The fastest safe setting with the session tied to the liveness check:
+	// loop_wait 0.5s + retry_timeout 1s + 0.5s = lock_delay 2s. A dead host
+	// is noticed by the next check (<= 1s, Consul's shortest interval), and
+	// the lock is free lock_delay later.
+	"checks-fast": {Name: "checks-fast", TTL: 20 * time.Second, LoopWait: 500 * time.Millisecond, RetryTimeout: time.Second, LockDelay: 2 * time.Second, SessionChecks: []string{"liveness"}},
 	// Patroni's timings (DESIGN.md §8 measured Patroni with them), run by
 	// pgmesh, for a like-for-like comparison: Patroni's defaults (ttl 30,
 	// loop_wait 10, retry_timeout 10) and its tuned setting (ttl 10,

@@ -396,6 +396,22 @@ type ClusterConfig struct {
 	// Replication is the parameter profile for replication between groups:
 	// none (default), native (publications/subscriptions) or spock.
 	Replication string `json:"replication,omitempty"`
+	// PrimaryStartTimeout is how long a leader whose PostgreSQL is down
+	// keeps trying to start it before handing the lock to a replica that
+	// can take over (Patroni's master_start_timeout). Unset: 300s; 0: at
+	// once, trading a few unreplicated commits (async) for availability.
+	PrimaryStartTimeout *Duration `json:"primary_start_timeout,omitempty"`
+}
+
+// DefaultPrimaryStartTimeout applies when primary_start_timeout is unset.
+const DefaultPrimaryStartTimeout = 300 * time.Second
+
+// StartTimeout is primary_start_timeout with the default applied.
+func (c ClusterConfig) StartTimeout() time.Duration {
+	if c.PrimaryStartTimeout == nil {
+		return DefaultPrimaryStartTimeout
+	}
+	return c.PrimaryStartTimeout.D()
 }
 
 // Replication profiles.
@@ -524,6 +540,9 @@ func (v *ClusterConfig) Validate() error {
 		if err := CheckLogicalParameters(c.Parameters); err != nil {
 			return fmt.Errorf("parameters: %w (replication is %s)", err, c.ReplicationProfile())
 		}
+	}
+	if t := c.StartTimeout(); t < 0 || t > time.Hour {
+		return fmt.Errorf("primary_start_timeout %s: must be between 0 and 1h", t)
 	}
 	if c.SynchronousNodeCount < 0 || c.SynchronousNodeCount > 16 {
 		return fmt.Errorf("synchronous_node_count %d: must be between 1 and 16", c.SynchronousNodeCount)

@@ -82,7 +82,7 @@ func configYAML(c consulkv.ClusterConfig) string {
 
 // settableKeys are the keys `config set` takes; pause state has its own
 // commands because they also know how to wait for the agents.
-var settableKeys = []string{"ttl", "loop_wait", "retry_timeout", "lock_delay", "maximum_lag_on_failover", "parameters.<name>"}
+var settableKeys = []string{"ttl", "loop_wait", "retry_timeout", "lock_delay", "maximum_lag_on_failover", "primary_start_timeout", "parameters.<name>"}
 
 // applySet applies key=value assignments to cfg. An empty value (or
 // "null") for parameters.<name> removes the parameter.
@@ -114,6 +114,17 @@ func applySet(cfg *consulkv.ClusterConfig, args []string) error {
 			dst = &cfg.RetryTimeout
 		case "lock_delay":
 			dst = &cfg.LockDelay
+		case "primary_start_timeout":
+			if val == "" || val == "null" {
+				cfg.PrimaryStartTimeout = nil // back to the default
+				continue
+			}
+			d := new(consulkv.Duration)
+			if err := d.Set(val); err != nil {
+				return fmt.Errorf("%s: %v", key, err)
+			}
+			cfg.PrimaryStartTimeout = d
+			continue
 		case "maximum_lag_on_failover":
 			n, err := parseSize(val)
 			if err != nil {

@@ -52,6 +52,16 @@ func TestApplySet(t *testing.T) {
 	if err := applySet(&cfg, nil); err == nil {
 		t.Error("no assignments accepted")
 	}
+	// primary_start_timeout: 0 is a value (fail over at once), empty resets.
+	if err := applySet(&cfg, []string{"primary_start_timeout=0"}); err != nil || cfg.PrimaryStartTimeout == nil || cfg.StartTimeout() != 0 {
+		t.Errorf("primary_start_timeout=0: err %v, timeout %v", err, cfg.PrimaryStartTimeout)
+	}
+	if err := applySet(&cfg, []string{"primary_start_timeout="}); err != nil || cfg.StartTimeout() != 300*time.Second {
+		t.Errorf("primary_start_timeout= (reset): err %v, timeout %s", err, cfg.StartTimeout())
+	}
+	if err := applySet(&cfg, []string{"primary_start_timeout=soon"}); err == nil || !strings.Contains(err.Error(), "primary_start_timeout") {
+		t.Errorf("primary_start_timeout=soon: error %v", err)
+	}
 }
 
 func TestSetThenValidateNamesField(t *testing.T) {
