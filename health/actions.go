@@ -163,6 +163,14 @@ func (s *Server) manualFailover(w http.ResponseWriter, r *http.Request, kind str
 		}
 		now := leaderOf(g)
 		if now == "" || now == oldLeader {
+			if g.Failover == nil && g.FailoverIndex == 0 {
+				// The request is gone and the leader is not: the leader
+				// abandoned it (candidate not ready) or it was cancelled.
+				// Waiting longer cannot change the answer (Patroni
+				// answers the same at once).
+				writeText(w, r, http.StatusServiceUnavailable, title+" failed")
+				return
+			}
 			continue
 		}
 		if candidate == "" || now == candidate {

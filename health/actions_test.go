@@ -116,6 +116,7 @@ func TestSwitchoverOutcome(t *testing.T) {
 		body      string
 		promote   time.Duration
 		promoteTo string
+		abandon   time.Duration
 		noLeader  bool
 		code      int
 		msg       string
@@ -131,6 +132,8 @@ func TestSwitchoverOutcome(t *testing.T) {
 			code: 200, msg: `Switched over to "m3" instead of "m2"`, kind: consulkv.KindSwitchover},
 		{name: "timeout", path: "/switchover", body: `{"leader":"m1","candidate":"m2"}`,
 			code: 503, msg: "Switchover failed", kind: consulkv.KindSwitchover},
+		{name: "leader gave up (failover key gone, same leader): fails at once", path: "/switchover", body: `{"leader":"m1","candidate":"m2"}`, abandon: 150 * time.Millisecond,
+			code: 503, msg: "Switchover failed", kind: consulkv.KindSwitchover},
 		{name: "failover without leader", path: "/failover", body: `{"candidate":"m2"}`, promote: 100 * time.Millisecond, noLeader: true,
 			code: 200, msg: `Successfully failed over to "m2"`, kind: consulkv.KindFailover},
 		{name: "failover on a healthy group", path: "/failover", body: `{"candidate":"m3","leader":"m1"}`, promote: 100 * time.Millisecond,
@@ -140,7 +143,7 @@ func TestSwitchoverOutcome(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f := &fakeCtl{state: primaryState(), group: threeMembers(), promoteAfter: tc.promote, promoteTo: tc.promoteTo}
+			f := &fakeCtl{state: primaryState(), group: threeMembers(), promoteAfter: tc.promote, promoteTo: tc.promoteTo, abandonAfter: tc.abandon}
 			if tc.noLeader {
 				f.group.Leader = nil
 				f.group.Members["m1"].State = "stopped"
@@ -151,8 +154,12 @@ func TestSwitchoverOutcome(t *testing.T) {
 			if code != tc.code || body != tc.msg {
 				t.Errorf("POST %s %s = %d %q, want %d %q", tc.path, tc.body, code, body, tc.code, tc.msg)
 			}
-			if took := time.Since(start); code == 503 && (took < 600*time.Millisecond || took > 3*time.Second) {
+			took := time.Since(start)
+			if code == 503 && tc.abandon == 0 && (took < 600*time.Millisecond || took > 3*time.Second) {
 				t.Errorf("timed out after %s, want about 700ms", took)
+			}
+			if tc.abandon > 0 && took > tc.abandon+500*time.Millisecond {
+				t.Errorf("answered %s after the request, want soon after the key went (%s), not the timeout", took, tc.abandon)
 			}
 			f.mu.Lock()
 			defer f.mu.Unlock()

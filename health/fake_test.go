@@ -36,6 +36,9 @@ type fakeCtl struct {
 	// candidate (or promoteTo) as the leader, like a working HA loop.
 	promoteAfter time.Duration
 	promoteTo    string
+	// abandonAfter: once a request is this old, its failover key is gone
+	// with the leader unchanged (the leader gave up or it was cancelled).
+	abandonAfter time.Duration
 	requestedAt  time.Time
 	failoverErr  error
 	cancels      int
@@ -69,6 +72,9 @@ func (f *fakeCtl) Group(ctx context.Context) (*consulkv.GroupView, error) {
 		return nil, errors.New("no group")
 	}
 	g := *f.group
+	if len(f.failovers) > 0 && !(f.abandonAfter > 0 && time.Since(f.requestedAt) >= f.abandonAfter) {
+		g.Failover, g.FailoverIndex = f.failovers[len(f.failovers)-1], 1
+	}
 	if len(f.failovers) > 0 && f.promoteAfter > 0 && time.Since(f.requestedAt) >= f.promoteAfter {
 		to := f.promoteTo
 		if to == "" {
