@@ -374,6 +374,12 @@ func bestCandidate(o Observation) string {
 	}
 	sort.SliceStable(names, func(i, j int) bool {
 		a, b := o.Group.Members[names[i]], o.Group.Members[names[j]]
+		// A replica that is not streaming cannot confirm our shutdown
+		// checkpoint: picking it abandons the switchover after a long
+		// write gap, though a streaming one was there.
+		if a.Streaming != b.Streaming {
+			return a.Streaming
+		}
 		if a.LastLSN() != b.LastLSN() {
 			return a.LastLSN() > b.LastLSN()
 		}

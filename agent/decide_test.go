@@ -270,6 +270,12 @@ func TestDecide(t *testing.T) {
 			o.Group.Members["c"].ReplayLSN = 1500
 			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", RequestedAt: t0}
 		}), want: ActSwitchover, target: "c"},
+		{name: "switchover without candidate prefers a streaming replica to a more advanced one that is not", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Members["c"].ReplayLSN = 1500
+			o.Group.Members["a"].Streaming = true
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", RequestedAt: t0}
+		}), want: ActSwitchover, target: "a"},
 		{name: "scheduled switchover waits", o: obs(func(o *Observation) {
 			asLeader(o)
 			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", Candidate: "c", ScheduledAt: &scheduled, RequestedAt: t0}
