@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/internal/demo"
 	"github.com/pgmesh/pgmesh/routing"
@@ -47,6 +49,9 @@ type simMember struct {
 	lsn        uint64
 	regSig     string
 	regAt      time.Time
+	// What the member and status keys last held (the agent rewrites them
+	// only when something but the timestamp changed, or every 30s).
+	memberGate, statusGate simGate
 
 	role    atomic.Value // string: primary | replica | unknown (read by the check server)
 	holds   atomic.Bool
@@ -116,6 +121,35 @@ func (l *loopStats) stop() ([]float64, int) {
 	return l.d, l.errors
 }
 
+// simBusy makes every simulated member's WAL position move every loop, as
+// under write load: member and status keys are then rewritten every loop.
+var simBusy bool
+
+// simGate mirrors the agent's changeGate (agent/loop.go).
+type simGate struct {
+	session, content string
+	at               time.Time
+}
+
+func (g *simGate) due(session string, v any) bool {
+	return session != g.session || simContent(v) != g.content || time.Since(g.at) >= 30*time.Second
+}
+
+func (g *simGate) done(session string, v any) {
+	g.session, g.content, g.at = session, simContent(v), time.Now()
+}
+
+func simContent(v any) string {
+	b, _ := json.Marshal(v)
+	var m map[string]any
+	if json.Unmarshal(b, &m) != nil {
+		return string(b)
+	}
+	delete(m, "updated_at")
+	b, _ = json.Marshal(m)
+	return string(b)
+}
+
 func (s *simMember) status() *consulkv.MemberStatus {
 	role, _ := s.role.Load().(string)
 	st := &consulkv.MemberStatus{
@@ -124,7 +158,9 @@ func (s *simMember) status() *consulkv.MemberStatus {
 		Timeline: 1, SystemID: "7712307695711915214", Streaming: role == consulkv.RoleReplica,
 		Tags: consulkv.MemberTags{FailoverPriority: 1}, PGVersion: 150010, AgentVersion: "bench-sim", UpdatedAt: time.Now().UTC(),
 	}
-	s.lsn += 4096
+	if simBusy {
+		s.lsn += 4096
+	}
 	if role == consulkv.RolePrimary {
 		st.WriteLSN = s.lsn
 	} else {
@@ -151,16 +187,14 @@ func (s *simMember) register(ctx context.Context, force bool) error {
 	return nil
 }
 
-// round is one HA loop's Consul traffic: read config, renew the session,
-// read the group, (leader) publish the status key or (designated member,
-// no leader) acquire the lock, write the member key, register if needed.
+// round is one HA loop's Consul traffic: renew the session, read the
+// group, (leader) publish the status key if it changed or (designated
+// member, no leader) acquire the lock, write the member key if it changed,
+// register if needed. The config comes from a watch (see watch).
 func (s *simMember) round(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
-	if _, _, err := s.kv.ReadConfig(ctx); err != nil {
-		errs = append(errs, err)
-	}
 	if s.regSig == "" {
 		if err := s.register(ctx, false); err != nil {
 			errs = append(errs, err)
@@ -180,9 +214,13 @@ func (s *simMember) round(ctx context.Context) error {
 	holds := g.Leader != nil && g.Leader.Session == sess
 	switch {
 	case holds:
-		if err := s.kv.LeaderPut(ctx, s.group.name, sess, s.kv.StatusKey(s.group.name),
-			&consulkv.GroupStatus{Version: consulkv.ValueVersion, Leader: s.name, LastLSN: s.lsn, Timeline: 1}); err != nil {
-			errs = append(errs, err)
+		gs := &consulkv.GroupStatus{Version: consulkv.ValueVersion, Leader: s.name, LastLSN: s.lsn, Timeline: 1, UpdatedAt: time.Now().UTC()}
+		if s.statusGate.due(sess, gs) || g.Status == nil || g.Status.Leader != s.name {
+			if err := s.kv.LeaderPut(ctx, s.group.name, sess, s.kv.StatusKey(s.group.name), gs); err != nil {
+				errs = append(errs, err)
+			} else {
+				s.statusGate.done(sess, gs)
+			}
 		}
 	case g.Leader == nil && s.wantLeader:
 		ok, err := s.lock.Acquire(ctx)
@@ -192,8 +230,13 @@ func (s *simMember) round(ctx context.Context) error {
 		holds = ok
 	}
 	s.setRole(holds)
-	if err := s.kv.PutMember(ctx, s.group.name, sess, s.status()); err != nil {
-		errs = append(errs, err)
+	_, present := g.Members[s.name]
+	if st := s.status(); s.memberGate.due(sess, st) || !present {
+		if err := s.kv.PutMember(ctx, s.group.name, sess, st); err != nil {
+			errs = append(errs, err)
+		} else {
+			s.memberGate.done(sess, st)
+		}
 	}
 	if err := s.register(ctx, false); err != nil {
 		errs = append(errs, err)
@@ -236,26 +279,26 @@ func (s *simMember) run(ctx context.Context, wg *sync.WaitGroup, ramp time.Durat
 	}
 }
 
-// watch is the agent's group watch: a blocking query on the group prefix
-// that wakes the loop when the leader or failover key changes.
+// watch is the agent's watches: one blocking query each on the group's
+// leader and failover keys (waking the loop) and on the config key.
 func (s *simMember) watch(ctx context.Context, wg *sync.WaitGroup) {
 	defer wg.Done()
-	var last string
-	var lastFailover uint64
-	s.kv.WatchPrefix(ctx, s.kv.GroupPrefix(s.group.name), consulkv.WatchOptions{Wait: time.Minute}, func(index uint64, pairs consulkv.KVPairs) {
-		g := s.kv.DecodeGroup(s.group.name, index, pairs)
-		leader := ""
-		if g.Leader != nil {
-			leader = g.Leader.Session + "/" + g.Leader.Member
+	wake := func(uint64, *api.KVPair) {
+		select {
+		case s.wake <- struct{}{}:
+		default:
 		}
-		if leader != last || g.FailoverIndex != lastFailover {
-			last, lastFailover = leader, g.FailoverIndex
-			select {
-			case s.wake <- struct{}{}:
-			default:
-			}
-		}
-	})
+	}
+	var inner sync.WaitGroup
+	for _, key := range []string{s.kv.LeaderKey(s.group.name), s.kv.FailoverKey(s.group.name)} {
+		inner.Add(1)
+		go func(key string) {
+			defer inner.Done()
+			s.kv.WatchKey(ctx, key, consulkv.WatchOptions{Wait: time.Minute}, wake)
+		}(key)
+	}
+	s.kv.WatchKey(ctx, s.kv.ConfigKey(), consulkv.WatchOptions{Wait: time.Minute}, func(uint64, *api.KVPair) {})
+	inner.Wait()
 }
 
 // switchover hands group g's lock from its leader to the next member the
@@ -368,6 +411,7 @@ func runScale(ctx context.Context, e *env, args []string) error {
 	warmup := fs.Duration("warmup", 10*time.Second, "time after every group has a leader before measuring")
 	renders := fs.Int("renders", 20, "render-input/render latency samples per size")
 	switchovers := fs.Int("switchovers", 5, "simulated switchovers per size (renderer convergence samples)")
+	fs.BoolVar(&simBusy, "busy", false, "simulate write load: every member's WAL position moves every loop, so member and status keys are rewritten every loop")
 	ramp := fs.Duration("ramp", 0, "start the simulated agents at random points of this period (default: within one loop_wait, a cold start of every agent at once)")
 	var pf profileFlags
 	pf.register(fs, "default")
@@ -389,8 +433,9 @@ func runScale(ctx context.Context, e *env, args []string) error {
 		sizes = append(sizes, n)
 	}
 	printf("# scale: SIMULATED agents (goroutines speaking pgmesh's Consul protocol through consulkv; no PostgreSQL).\n")
-	printf("# per member every loop_wait: GET config, renew session, consistent GET of the group, member key PUT ?acquire,\n")
-	printf("# leader: status key txn; plus the group watch (blocking), service registration with two HTTP checks\n")
+	printf("# per member every loop_wait: renew session, consistent GET of the group; member key PUT ?acquire and (leader)\n")
+	printf("# status key txn only when changed or every 30s (-busy: WAL positions move every loop, so every loop);\n")
+	printf("# blocking watches on the leader, failover and config keys; service registration with two HTTP checks\n")
 	printf("# (answered by the generator), one leader lock per group. One Consul server does all of it (no client agents).\n")
 	printf("# The routing renderer (routing.Renderer, builtin haproxy.cfg + a primaries list) runs against the same Consul.\n")
 	printf("# profile %s\n", p)

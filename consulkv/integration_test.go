@@ -327,3 +327,52 @@ func TestWatchKeySeesOnlyItsKey(t *testing.T) {
 		t.Fatalf("after deletion: want nil, got %+v", s.pair)
 	}
 }
+
+// TestWatchPrefixMinInterval: a prefix written every 20ms is delivered at
+// most once per MinInterval, and a change after a quiet period at once.
+func TestWatchPrefixMinInterval(t *testing.T) {
+	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	cl := newClient(t, c)
+	kv := c.Client().KV()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var mu sync.Mutex
+	var times []time.Time
+	go cl.WatchPrefix(ctx, cl.GroupPrefix("g1"), consulkv.WatchOptions{Wait: 5 * time.Second, MinInterval: 300 * time.Millisecond}, func(uint64, consulkv.KVPairs) {
+		mu.Lock()
+		times = append(times, time.Now())
+		mu.Unlock()
+	})
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(times) }
+	deadline := time.Now().Add(3 * time.Second)
+	for count() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	writes := 0
+	for time.Since(start) < 1500*time.Millisecond {
+		if _, err := kv.Put(&api.KVPair{Key: cl.MemberKey("g1", "m"), Value: []byte(strconv.Itoa(writes))}, nil); err != nil {
+			t.Fatal(err)
+		}
+		writes++
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(400 * time.Millisecond)
+	during := count() - 1
+	t.Logf("%d writes in 1.5s delivered %d times", writes, during)
+	if during > 7 || during < 3 {
+		t.Errorf("%d deliveries for %d writes in 1.5s with MinInterval 300ms, want 3..7", during, writes)
+	}
+	time.Sleep(time.Second) // quiet
+	before := count()
+	wrote := time.Now()
+	if _, err := kv.Put(&api.KVPair{Key: cl.LeaderKey("g1"), Value: []byte("x")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for count() == before && time.Since(wrote) < 2*time.Second {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if took := time.Since(wrote); took > 150*time.Millisecond {
+		t.Errorf("a change after a quiet period was delivered after %s, want at once", took)
+	}
+}

@@ -19,6 +19,12 @@ type WatchOptions struct {
 	MaxBackoff time.Duration
 	// OnError, if set, is told about every failed query.
 	OnError func(error)
+	// MinInterval, if set, is the shortest time between two deliveries:
+	// under write load a prefix changes every few milliseconds (members
+	// publish their WAL positions), and a consumer that re-reads the whole
+	// tree on each change would keep Consul busy for nothing. A change
+	// after a quiet period is still delivered at once.
+	MinInterval time.Duration
 }
 
 // WatchPrefix calls fn with every new state of the keys under prefix, using
@@ -38,7 +44,15 @@ func (c *Client) WatchPrefix(ctx context.Context, prefix string, o WatchOptions,
 	bo.MaxInterval = o.MaxBackoff
 	bo.MaxElapsedTime = 0
 	var index uint64
+	var delivered time.Time
 	for ctx.Err() == nil {
+		if wait := o.MinInterval - time.Since(delivered); o.MinInterval > 0 && wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
 		pairs, newIndex, err := c.list(ctx, prefix, index, o.Wait)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -66,6 +80,7 @@ func (c *Client) WatchPrefix(ctx context.Context, prefix string, o WatchOptions,
 			newIndex = 1
 		}
 		index = newIndex
+		delivered = time.Now()
 		fn(index, pairs)
 	}
 }
