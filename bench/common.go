@@ -40,7 +40,7 @@ type profile struct {
 
 var profiles = map[string]profile{
 	// pgmesh's defaults (consulkv.Default*).
-	"default": {Name: "default", TTL: 20 * time.Second, LoopWait: 2 * time.Second, RetryTimeout: 5 * time.Second, LockDelay: time.Second},
+	"default": {Name: "default", TTL: 20 * time.Second, LoopWait: 2 * time.Second, RetryTimeout: 5 * time.Second, LockDelay: 0},
 	// The integration tests' timings: a dead leader's session expires
 	// 2-4s after its last renew.
 	"fast": {Name: "fast", TTL: 4 * time.Second, LoopWait: time.Second, RetryTimeout: 1500 * time.Millisecond, LockDelay: time.Second},
@@ -57,8 +57,8 @@ var profiles = map[string]profile{
 	// pgmesh, for a like-for-like comparison: Patroni's defaults (ttl 30,
 	// loop_wait 10, retry_timeout 10) and its tuned setting (ttl 10,
 	// loop_wait 1, retry_timeout 3).
-	"patroni-defaults": {Name: "patroni-defaults", TTL: 30 * time.Second, LoopWait: 10 * time.Second, RetryTimeout: 10 * time.Second, LockDelay: time.Second},
-	"patroni-tuned":    {Name: "patroni-tuned", TTL: 10 * time.Second, LoopWait: time.Second, RetryTimeout: 3 * time.Second, LockDelay: time.Second},
+	"patroni-defaults": {Name: "patroni-defaults", TTL: 30 * time.Second, LoopWait: 10 * time.Second, RetryTimeout: 10 * time.Second, LockDelay: 0},
+	"patroni-tuned":    {Name: "patroni-tuned", TTL: 10 * time.Second, LoopWait: time.Second, RetryTimeout: 3 * time.Second, LockDelay: 0},
 }
 
 func (p profile) String() string {

@@ -454,10 +454,14 @@ func (c ClusterConfig) SyncCount() int {
 
 // Defaults of the dynamic configuration.
 const (
-	DefaultTTL                  = 20 * time.Second
-	DefaultLoopWait             = 2 * time.Second
-	DefaultRetryTimeout         = 5 * time.Second
-	DefaultLockDelay            = time.Second
+	DefaultTTL          = 20 * time.Second
+	DefaultLoopWait     = 2 * time.Second
+	DefaultRetryTimeout = 5 * time.Second
+	// DefaultLockDelay is 0 (sessions get 1ms): without session checks the
+	// holder's lease ends before Consul can free the key, so a lock-delay
+	// only adds to every failover. With consul.session_checks the agent
+	// requires lock_delay >= loop_wait + retry_timeout + 0.5s.
+	DefaultLockDelay            = 0
 	DefaultMaximumLagOnFailover = 1 << 20
 )
 

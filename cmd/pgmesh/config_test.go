@@ -78,7 +78,7 @@ func TestConfigYAMLRoundTrip(t *testing.T) {
 	cfg := baseConfig()
 	cfg.PausedGroups = []string{"g2"}
 	y := configYAML(cfg)
-	for _, want := range []string{"ttl: 20s\n", "loop_wait: 2s\n", "lock_delay: 1s\n", "maximum_lag_on_failover: 1048576\n", "paused_groups:\n  - g2\n", "parameters:\n  work_mem: 4MB\n"} {
+	for _, want := range []string{"ttl: 20s\n", "loop_wait: 2s\n", "lock_delay: 0s\n", "maximum_lag_on_failover: 1048576\n", "paused_groups:\n  - g2\n", "parameters:\n  work_mem: 4MB\n"} {
 		if !strings.Contains(y, want) {
 			t.Errorf("yaml lacks %q:\n%s", want, y)
 		}

@@ -48,7 +48,7 @@ type Options struct {
 	PgmeshBin string
 	// The dynamic configuration the agents seed (bootstrap.dcs). Zero
 	// values keep the demo's own settings: ttl 10s, loop_wait 1s,
-	// retry_timeout 3s, lock_delay 1s.
+	// retry_timeout 3s; lock_delay 0 (pgmesh's default; sessions get 1ms).
 	TTL, LoopWait, RetryTimeout, LockDelay time.Duration
 	// SessionChecks go to consul.session_checks (e.g. ["liveness"]).
 	SessionChecks []string
@@ -129,9 +129,6 @@ func (o *Options) defaults() error {
 	}
 	if o.RetryTimeout == 0 {
 		o.RetryTimeout = 3 * time.Second
-	}
-	if o.LockDelay == 0 {
-		o.LockDelay = time.Second
 	}
 	if o.LogLevel == "" {
 		o.LogLevel = "info"
