@@ -54,6 +54,11 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 	case ActBootstrap:
 		return a.bootstrap(ctx)
 	case ActClone:
+		// A clone can outlast the session TTL; without renewals Consul
+		// would drop the member key and the member would vanish from the
+		// group (switchover "not a member") until the next loop. Safe: a
+		// member that clones holds no lock.
+		defer a.renewDuring(ctx)()
 		return a.clone(ctx, o.Group, d.Target)
 	case ActKeepLeader:
 		if d.ClearFailover {
@@ -126,6 +131,7 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 	case ActFollow:
 		return a.follow(ctx, o.Group, d.Target)
 	case ActRewind:
+		defer a.renewDuring(ctx)() // as for a clone (a rewind may re-clone)
 		return a.rewind(ctx, o.Group, d.Target)
 	case ActStartReadOnly:
 		if _, _, err := inst.WriteConfig(pg.Replica, nil); err != nil {
@@ -544,6 +550,15 @@ func (a *Agent) switchover(ctx context.Context, o Observation, candidate string)
 // keepSessionAlive renews the session every few hundred milliseconds until
 // ctx ends (the returned channel closes then), for actions that keep the
 // loop busy longer than the session TTL with PostgreSQL stopped.
+// renewDuring keeps the session alive until the returned stop is called.
+// Only for actions of a member that holds no lock: a leader's lease must
+// keep reflecting its loop, or a stuck loop would never be fenced.
+func (a *Agent) renewDuring(ctx context.Context) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := a.keepSessionAlive(ctx)
+	return func() { cancel(); <-done }
+}
+
 func (a *Agent) keepSessionAlive(ctx context.Context) <-chan struct{} {
 	done := make(chan struct{})
 	every := a.lock.Options().SessionTTL() / 4
@@ -556,7 +571,7 @@ func (a *Agent) keepSessionAlive(ctx context.Context) <-chan struct{} {
 			case <-time.After(every):
 			}
 			if _, err := a.lock.EnsureSession(ctx); err != nil && ctx.Err() == nil {
-				a.log.Warn("renewing the session during a switchover failed", zap.Error(err))
+				a.log.Warn("renewing the session during a long action failed", zap.Error(err))
 			}
 		}
 	}()
