@@ -153,6 +153,8 @@ func makesWritable(act Action) bool {
 }
 
 func (a *Agent) start(ctx context.Context) error {
+	a.lifecycleMu.Lock()
+	defer a.lifecycleMu.Unlock()
 	err := a.pgi().Start(ctx)
 	if errors.Is(err, pg.ErrStartTimeout) {
 		a.log.Warn("postgres still starting; will check again next loop")

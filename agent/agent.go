@@ -48,6 +48,10 @@ type Agent struct {
 	pgMu     sync.Mutex
 	pg       *pg.Instance
 	pgParams map[string]string
+	// lifecycleMu serialises the loop's PostgreSQL starts with the lease
+	// fence's stop: a fence whose stop overlapped a start once killed the
+	// postmaster the loop had just started (after a successful renew).
+	lifecycleMu sync.Mutex
 
 	wake    chan struct{}
 	manual  chan manualRequest
@@ -412,8 +416,14 @@ func (a *Agent) leaseFence(ctx context.Context) {
 		if a.lock.LeaseValid(time.Now()) {
 			continue
 		}
-		a.log.Warn("fencing: lease expired while the loop was busy; stopping PostgreSQL immediately")
-		a.fence("lease expired")
+		a.lifecycleMu.Lock()
+		// Re-check under the lock: the loop may have renewed and restarted
+		// PostgreSQL meanwhile.
+		if st := a.State(); st.Writable && !a.lock.LeaseValid(time.Now()) {
+			a.log.Warn("fencing: lease expired while the loop was busy; stopping PostgreSQL immediately")
+			a.fence("lease expired")
+		}
+		a.lifecycleMu.Unlock()
 	}
 }
 

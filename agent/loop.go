@@ -86,6 +86,17 @@ func (a *Agent) observe(ctx context.Context) Observation {
 			o.ConsulOK = false
 			a.noteConsulDown(err)
 		}
+	} else if left := time.Until(a.lock.LeaseUntil()); left < min(a.dyn.LoopWait.D()+200*time.Millisecond, a.lock.Options().LeaseDuration()*3/4) {
+		// The renew succeeded but Consul held it for a long time (a
+		// leader election): the lease counts from when it was sent, so
+		// little is left, and it would run out before the next loop's
+		// renew (seen: a primary fenced a second time right after
+		// surviving a Consul election).
+		// Consul answers again; renew once more now.
+		a.log.Info("renew was slow; renewing again", zap.Duration("lease_left", left.Round(time.Millisecond)))
+		if _, err := a.lock.EnsureSession(ctx); err != nil {
+			a.log.Warn("second renew failed", zap.Error(err))
+		}
 	}
 	if o.ConsulOK {
 		g, err := a.kv.ReadGroup(ctx, a.cfg.Group)

@@ -522,6 +522,14 @@ func (v *ClusterConfig) Validate() error {
 	if c.LoopWait.D()+2*c.RetryTimeout.D() > c.TTL.D() {
 		return fmt.Errorf("timing rule broken: loop_wait (%s) + 2*retry_timeout (%s) must not exceed ttl (%s)", c.LoopWait, c.RetryTimeout, c.TTL)
 	}
+	// The leader renews once per loop; its lease (LockOptions.LeaseDuration:
+	// ttl/2 minus a margin) must outlast a loop with room to spare, or the
+	// lease fence would stop a healthy primary between two loops.
+	lease := LockOptions{TTL: c.TTL.D()}.LeaseDuration()
+	slack := min(max(200*time.Millisecond, lease/8), time.Second)
+	if c.LoopWait.D()+slack > lease {
+		return fmt.Errorf("loop_wait %s: must be at most %s for ttl %s (the leader's lease is ttl/2 minus a margin = %s, renewed once per loop)", c.LoopWait, lease-slack, c.TTL, lease)
+	}
 	if c.LockDelay.D() < 0 || c.LockDelay.D() > 60*time.Second {
 		return fmt.Errorf("lock_delay %s: must be between 0 and 60s", c.LockDelay)
 	}

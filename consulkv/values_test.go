@@ -67,6 +67,8 @@ func TestClusterConfigValidation(t *testing.T) {
 	}
 	bad := map[string]string{
 		`{"version":1,"ttl":10,"loop_wait":5,"retry_timeout":5}`:    "timing rule",
+		`{"version":1,"ttl":20,"loop_wait":10,"retry_timeout":5}`:   "loop_wait 10s: must be at most 7s",
+		`{"version":1,"ttl":4,"loop_wait":2,"retry_timeout":1}`:     "loop_wait 2s: must be at most 1.4s",
 		`{"version":1,"ttl":1}`:                                     "ttl",
 		`{"version":1,"ttl":"ten"}`:                                 "duration",
 		`{"version":1,"lock_delay":"2m"}`:                           "lock_delay",

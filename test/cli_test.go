@@ -194,12 +194,14 @@ func TestCLI(t *testing.T) {
 		t.Fatalf("refused config set changed the config:\n%s\n->\n%s", before, after)
 	}
 	p.fails(2, []string{`unknown key "tll"`}, "config", "set", "tll=5s", "--force")
-	r = p.ok("config", "set", "loop_wait=2s", "--force")
-	t.Logf("pgmesh config set loop_wait=2s --force:\n%s", r.stdout)
-	if !strings.Contains(r.stdout, "-loop_wait: 1s\n+loop_wait: 2s\n") {
+	// loop_wait 2s would outlast the leader's 1.6s lease at ttl 4s.
+	p.fails(1, []string{"loop_wait 2s: must be at most 1.4s", "nothing written"}, "config", "set", "loop_wait=2s", "--force")
+	r = p.ok("config", "set", "loop_wait=1200ms", "--force")
+	t.Logf("pgmesh config set loop_wait=1200ms --force:\n%s", r.stdout)
+	if !strings.Contains(r.stdout, "-loop_wait: 1s\n+loop_wait: 1.2s\n") {
 		t.Fatalf("config set diff:\n%s", r)
 	}
-	if r = p.ok("config", "show"); !strings.Contains(r.stdout, "loop_wait: 2s\n") || !strings.Contains(r.stdout, "ttl: 4s\n") {
+	if r = p.ok("config", "show"); !strings.Contains(r.stdout, "loop_wait: 1.2s\n") || !strings.Contains(r.stdout, "ttl: 4s\n") {
 		t.Fatalf("config show after set:\n%s", r.stdout)
 	}
 	editor := []string{`EDITOR=sed -i -e s/^maximum_lag_on_failover:.*/maximum_lag_on_failover:\ 8MB/`}
