@@ -381,6 +381,7 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, g *consulkv.GroupView) e
 	if err := a.manageSync(ctx, g, st); err != nil {
 		a.log.Warn("managing synchronous replication failed", zap.Error(err))
 	}
+	a.manageStandbySlots(ctx, g, st) // PostgreSQL 17+ only (logical.go)
 	if g != nil {
 		now := time.Now()
 		for name := range g.Members {

@@ -48,6 +48,8 @@ type Agent struct {
 	pgMu     sync.Mutex
 	pg       *pg.Instance
 	pgParams map[string]string
+	// pg17 is the PostgreSQL 17+ failover-slot state (logical.go).
+	pg17 native17State
 	// lifecycleMu serialises the loop's PostgreSQL starts with the lease
 	// fence's stop: a fence whose stop overlapped a start once killed the
 	// postmaster the loop had just started (after a successful renew).

@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -100,6 +102,21 @@ func (a *Agent) leaderLogical(ctx context.Context, st pg.Status) (map[string]con
 	})
 	if err != nil {
 		a.log.Warn("listing logical slots failed", zap.Error(err))
+	}
+	if pg.NativeFailoverSlots(st.ServerVersion) && err == nil {
+		// PostgreSQL 17+: only failover slots reach the standbys, so only
+		// they are published for the standbys' readiness; the others are
+		// reported as lost at a failover.
+		if s17, err := inst.LogicalSlots17(ctx); err != nil {
+			a.log.Warn("listing failover flags of logical slots failed", zap.Error(err))
+		} else {
+			for _, s := range s17 {
+				if !s.Failover {
+					delete(slots, s.Name)
+				}
+			}
+			a.noteNonFailoverSlots(nonFailoverSlots(s17))
+		}
 	}
 	ls.Subscriptions = a.subscriptions(ctx)
 	if len(ls.Slots) == 0 && len(ls.Subscriptions) == 0 {
@@ -213,6 +230,14 @@ func (a *Agent) spockSubscriptions(ctx context.Context) []consulkv.SubscriptionS
 // them), present ones are advanced to the leader's published position. It
 // returns whether every leader slot has a current copy.
 func (a *Agent) syncLogicalSlots(ctx context.Context, g *consulkv.GroupView, local Local) bool {
+	if a.nativeFailoverSlots() {
+		// PostgreSQL 17+: the slot sync worker keeps the slots; no copies.
+		a.copiedSlots = nil
+		if !local.Running || !local.InRecovery {
+			return false
+		}
+		return a.syncLogicalSlots17(ctx, g)
+	}
 	if g == nil || g.Status == nil || len(g.Status.LogicalSlots) == 0 {
 		a.copiedSlots = nil
 		return false
@@ -344,6 +369,22 @@ func (a *Agent) checkLogicalAfterPromotion(ctx context.Context, prev *consulkv.G
 			a.log.Info("logical slot present after promotion", zap.String("slot", name), zap.String("wal_status", s.WALStatus))
 		}
 	}
+	if !a.nativeFailoverSlots() {
+		return
+	}
+	// PostgreSQL 17+: a synced slot can also be invalidated (e.g. a
+	// conflict with recovery) while its WAL is still there.
+	s17, err := a.pgi().LogicalSlots17(ctx)
+	if err != nil {
+		a.log.Warn("could not verify synced logical slots after promotion", zap.Error(err))
+		return
+	}
+	for _, s := range s17 {
+		if _, published := prev.LogicalSlots[s.Name]; published && s.Invalidated != "" {
+			a.log.Error("synced logical slot invalidated after promotion: its subscribers cannot continue from this member",
+				zap.String("slot", s.Name), zap.String("invalidation_reason", s.Invalidated))
+		}
+	}
 }
 
 // terminateLogicalWalsenders cuts consumers off a primary that is being
@@ -364,4 +405,238 @@ func (a *Agent) terminateLogicalWalsenders(ctx context.Context) {
 			a.pgi().Exec(ctx, "SELECT pg_reload_conf()")
 		}
 	}
+}
+
+// PostgreSQL 17+ native failover slots (DESIGN.md §5). Instead of copying
+// slot state files to standbys (PostgreSQL 15/16, logical.go), the agent
+// relies on PostgreSQL's slot sync worker on standbys
+// (sync_replication_slots, rendered by pg.WriteConfig) and manages the
+// primary's synchronized_standby_slots: the physical slots of the standbys
+// that could be promoted, so a subscriber never applies a change a promoted
+// standby lacks. Replicas report logical_slots_ready from
+// pg_replication_slots (synced, failover, valid, current).
+
+// nativeFailoverSlots reports whether this member's PostgreSQL is 17+: from
+// the server's version when the last status query succeeded, else from the
+// data directory's PG_VERSION (never the copy path on a 17 server whose
+// status was momentarily unreadable).
+func (a *Agent) nativeFailoverSlots() bool {
+	if v := a.State().PGVersion; v > 0 {
+		return pg.NativeFailoverSlots(v)
+	}
+	major, err := a.pgi().MajorVersion()
+	return err == nil && major >= 17
+}
+
+// standbySlotsFor computes the primary's synchronized_standby_slots: the
+// physical slots (pg.SlotName) of the failover-eligible standbys. Eligible
+// means a member of the group, not self, not tagged nofailover, and
+//   - asynchronous mode: streaming from this primary now;
+//   - synchronous mode: in the sync key this leader published, plus any
+//     standby PostgreSQL already treats as synchronous (it enters the key
+//     next, and must be waited for before it does).
+//
+// The result is sorted and comma-separated, empty when nobody is eligible (a
+// dead standby then stops blocking logical walsenders).
+func standbySlotsFor(g *consulkv.GroupView, self, syncMode string, repl []pg.ReplicationConn) string {
+	if g == nil {
+		return ""
+	}
+	set := map[string]bool{}
+	eligible := func(name string) bool {
+		m := g.Members[name]
+		return m != nil && name != self && !m.Tags.NoFailover
+	}
+	if syncMode == consulkv.SyncOff || syncMode == "" {
+		for _, rc := range repl {
+			if rc.State == "streaming" && eligible(rc.ApplicationName) {
+				set[pg.SlotName(rc.ApplicationName)] = true
+			}
+		}
+	} else {
+		if g.Sync != nil && g.Sync.Leader == self {
+			for _, n := range g.Sync.SyncStandbys {
+				if eligible(n) {
+					set[pg.SlotName(n)] = true
+				}
+			}
+		}
+		for _, rc := range repl {
+			if rc.State == "streaming" && (rc.SyncState == "sync" || rc.SyncState == "quorum") && eligible(rc.ApplicationName) {
+				set[pg.SlotName(rc.ApplicationName)] = true
+			}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for s := range set {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
+}
+
+// nativeSlotsReady is the PostgreSQL 17 readiness rule for a standby: every
+// logical slot the leader published (its failover slots) exists here as a
+// persistent synced slot with failover = true, is not invalidated, and has
+// confirmed_flush at or past the leader's published position. The reason
+// names the first slot that is not ready.
+func nativeSlotsReady(published map[string]consulkv.LogicalSlot, local []pg.LogicalSlot17) (bool, string) {
+	if len(published) == 0 {
+		return false, "the leader publishes no failover slots"
+	}
+	have := make(map[string]pg.LogicalSlot17, len(local))
+	for _, s := range local {
+		have[s.Name] = s
+	}
+	names := make([]string, 0, len(published))
+	for n := range published {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		want := published[n]
+		s, ok := have[n]
+		switch {
+		case !ok:
+			return false, "slot " + n + " not synced here yet"
+		case !s.Synced || !s.Failover:
+			return false, fmt.Sprintf("slot %s is not a synced failover slot (synced %v, failover %v)", n, s.Synced, s.Failover)
+		case s.Temporary:
+			return false, "slot " + n + " is still temporary (the primary's slot has not caught up with this standby)"
+		case s.Invalidated != "" || s.WALStatus == "lost":
+			return false, fmt.Sprintf("slot %s is invalidated (%s)", n, firstNonEmpty(s.Invalidated, s.WALStatus))
+		case uint64(s.ConfirmedFlush) < want.ConfirmedFlush:
+			return false, "slot " + n + " confirmed_flush behind the leader's published position"
+		}
+	}
+	return true, ""
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, x := range s {
+		if x != "" {
+			return x
+		}
+	}
+	return ""
+}
+
+// nonFailoverSlots lists logical slots on a PostgreSQL 17 primary that
+// will not survive a failover (no failover = true), sorted.
+func nonFailoverSlots(slots []pg.LogicalSlot17) []string {
+	var out []string
+	for _, s := range slots {
+		if !s.Failover && !s.Temporary {
+			out = append(out, s.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// native17State is what the PostgreSQL 17 path remembers between loops:
+// which non-failover slots were already logged, what the member status
+// reports about them, and the last readiness reason (logged on change).
+type native17State struct {
+	mu          sync.Mutex
+	warned      map[string]bool
+	nonFailover []string
+	readyReason string
+	standbys    string
+}
+
+func (a *Agent) native17() *native17State { return &a.pg17 }
+
+// noteNonFailoverSlots logs each logical slot without failover = true once
+// (and again after it was fixed and reappears) and keeps the list for the
+// member status.
+func (a *Agent) noteNonFailoverSlots(slots []string) {
+	s := a.native17()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := map[string]bool{}
+	for _, n := range slots {
+		now[n] = true
+		if !s.warned[n] {
+			a.log.Warn("logical slot has failover = false: it is not synchronised to standbys and will be lost at a failover; recreate the subscription WITH (failover = true) or ALTER SUBSCRIPTION ... SET (failover = true)",
+				zap.String("slot", n))
+		}
+	}
+	s.warned = now
+	s.nonFailover = slots
+}
+
+// logicalMessage adds the PostgreSQL 17 slot warning to a member status
+// message (hooked into publish).
+func (a *Agent) logicalMessage(msg string, primary bool) string {
+	s := a.native17()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !primary || len(s.nonFailover) == 0 {
+		return msg
+	}
+	w := "logical slots without failover=true (lost at a failover): " + strings.Join(s.nonFailover, ",")
+	if msg == "" {
+		return w
+	}
+	return msg + "; " + w
+}
+
+// manageStandbySlots runs on a PostgreSQL 17+ leader every loop: it keeps
+// synchronized_standby_slots equal to the failover-eligible standbys'
+// physical slots (a reload only when it changes).
+func (a *Agent) manageStandbySlots(ctx context.Context, g *consulkv.GroupView, st pg.Status) {
+	if !pg.NativeFailoverSlots(st.ServerVersion) || st.InRecovery {
+		return
+	}
+	want := standbySlotsFor(g, a.cfg.Name, a.dyn.SyncMode(), st.Replication)
+	changed, err := a.pgi().SetStandbySlots(ctx, want)
+	if err != nil {
+		a.log.Warn("could not set synchronized_standby_slots", zap.Error(err))
+		return
+	}
+	s := a.native17()
+	s.mu.Lock()
+	prev := s.standbys
+	s.standbys = want
+	s.mu.Unlock()
+	if changed || prev != want {
+		a.log.Info("synchronized_standby_slots follows the failover-eligible standbys",
+			zap.String("value", want), zap.String("synchronous_mode", a.dyn.SyncMode()),
+			zap.String("reason", "logical walsenders wait for these standbys so a promoted one has every change a subscriber applied"))
+	}
+}
+
+// syncLogicalSlots17 is a PostgreSQL 17+ replica's share: no copies (the
+// slot sync worker does it), synchronized_standby_slots cleared, and
+// readiness from pg_replication_slots.
+func (a *Agent) syncLogicalSlots17(ctx context.Context, g *consulkv.GroupView) bool {
+	inst := a.pgi()
+	if changed, err := inst.SetStandbySlots(ctx, ""); err != nil {
+		a.log.Warn("could not clear synchronized_standby_slots on a replica", zap.Error(err))
+	} else if changed {
+		a.log.Info("cleared synchronized_standby_slots", zap.String("reason", "a replica has no logical walsenders to hold back"))
+	}
+	if g == nil || g.Status == nil || len(g.Status.LogicalSlots) == 0 {
+		return false
+	}
+	slots, err := inst.LogicalSlots17(ctx)
+	if err != nil {
+		a.log.Warn("could not list synced logical slots", zap.Error(err))
+		return false
+	}
+	ready, reason := nativeSlotsReady(g.Status.LogicalSlots, slots)
+	s := a.native17()
+	s.mu.Lock()
+	prev := s.readyReason
+	s.readyReason = reason
+	s.mu.Unlock()
+	if reason != prev {
+		if ready {
+			a.log.Info("synced failover slots are current", zap.Int("slots", len(g.Status.LogicalSlots)))
+		} else {
+			a.log.Info("synced failover slots not ready", zap.String("reason", reason))
+		}
+	}
+	return ready
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/pg"
 )
 
 func TestProfileParameters(t *testing.T) {
@@ -69,5 +70,91 @@ func TestDecidePrefersMembersWithLogicalSlotCopies(t *testing.T) {
 	o.Peers["c"] = Peer{Reachable: false}
 	if d := Decide(o); d.Action != ActAcquire {
 		t.Fatalf("an unreachable member's copies do not block the race: %s", d)
+	}
+}
+
+func TestUnitStandbySlotsFor(t *testing.T) {
+	members := func(names ...string) map[string]*consulkv.MemberStatus {
+		m := map[string]*consulkv.MemberStatus{}
+		for _, n := range names {
+			m[n] = &consulkv.MemberStatus{Name: n}
+		}
+		return m
+	}
+	rc := func(name, state, sync string) pg.ReplicationConn {
+		return pg.ReplicationConn{ApplicationName: name, State: state, SyncState: sync}
+	}
+	nofail := members("a", "b", "c")
+	nofail["c"].Tags.NoFailover = true
+	for _, tc := range []struct {
+		name string
+		g    *consulkv.GroupView
+		mode string
+		repl []pg.ReplicationConn
+		want string
+	}{
+		{"no group", nil, consulkv.SyncOff, []pg.ReplicationConn{rc("b", "streaming", "async")}, ""},
+		{"async: streaming standbys, sorted", &consulkv.GroupView{Members: members("a", "b", "c")}, consulkv.SyncOff,
+			[]pg.ReplicationConn{rc("c", "streaming", "async"), rc("b", "streaming", "async")}, "pgmesh_b,pgmesh_c"},
+		{"async: a catching-up or dead standby does not gate", &consulkv.GroupView{Members: members("a", "b", "c")}, consulkv.SyncOff,
+			[]pg.ReplicationConn{rc("b", "catchup", "async")}, ""},
+		{"async: nofailover is never promoted, so never waited for", &consulkv.GroupView{Members: nofail}, consulkv.SyncOff,
+			[]pg.ReplicationConn{rc("b", "streaming", "async"), rc("c", "streaming", "async")}, "pgmesh_b"},
+		{"async: non-members (pg_basebackup, other tools) and self are ignored", &consulkv.GroupView{Members: members("a", "b")}, "",
+			[]pg.ReplicationConn{rc("pg_basebackup", "streaming", "async"), rc("a", "streaming", "async"), rc("b", "streaming", "async"), rc("b", "streaming", "async")}, "pgmesh_b"},
+		{"sync: exactly the sync key", &consulkv.GroupView{Members: members("a", "b", "c"), Sync: &consulkv.SyncState{Leader: "a", SyncStandbys: []string{"c"}}}, consulkv.SyncOn,
+			[]pg.ReplicationConn{rc("b", "streaming", "async"), rc("c", "streaming", "sync")}, "pgmesh_c"},
+		{"sync: a key member stays until it leaves the key", &consulkv.GroupView{Members: members("a", "b", "c"), Sync: &consulkv.SyncState{Leader: "a", SyncStandbys: []string{"c"}}}, consulkv.SyncOn,
+			[]pg.ReplicationConn{rc("b", "streaming", "async")}, "pgmesh_c"},
+		{"sync: a standby PostgreSQL made synchronous is gated before it enters the key", &consulkv.GroupView{Members: members("a", "b", "c"), Sync: &consulkv.SyncState{Leader: "a", SyncStandbys: []string{}}}, consulkv.SyncStrict,
+			[]pg.ReplicationConn{rc("b", "streaming", "sync"), rc("c", "streaming", "potential")}, "pgmesh_b"},
+		{"sync: another leader's key counts for nothing", &consulkv.GroupView{Members: members("a", "b", "c"), Sync: &consulkv.SyncState{Leader: "b", SyncStandbys: []string{"c"}}}, consulkv.SyncOn,
+			[]pg.ReplicationConn{rc("c", "streaming", "async")}, ""},
+		{"sync: empty key, nobody promotable", &consulkv.GroupView{Members: members("a", "b")}, consulkv.SyncOn,
+			[]pg.ReplicationConn{rc("b", "streaming", "async")}, ""},
+	} {
+		if got := standbySlotsFor(tc.g, "a", tc.mode, tc.repl); got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestUnitNativeSlotsReady(t *testing.T) {
+	pub := map[string]consulkv.LogicalSlot{"sub_b": {Plugin: "pgoutput", Database: "postgres", ConfirmedFlush: 1000}}
+	good := pg.LogicalSlot17{Name: "sub_b", Synced: true, Failover: true, ConfirmedFlush: 1000, WALStatus: "reserved"}
+	with := func(f func(*pg.LogicalSlot17)) []pg.LogicalSlot17 {
+		s := good
+		f(&s)
+		return []pg.LogicalSlot17{s}
+	}
+	for _, tc := range []struct {
+		name  string
+		pub   map[string]consulkv.LogicalSlot
+		local []pg.LogicalSlot17
+		ready bool
+	}{
+		{"nothing published", nil, []pg.LogicalSlot17{good}, false},
+		{"synced, failover, valid, current", pub, []pg.LogicalSlot17{good}, true},
+		{"ahead of the published position", pub, with(func(s *pg.LogicalSlot17) { s.ConfirmedFlush = 2000 }), true},
+		{"missing", pub, nil, false},
+		{"behind the leader", pub, with(func(s *pg.LogicalSlot17) { s.ConfirmedFlush = 999 }), false},
+		{"not synced (a local slot of the same name)", pub, with(func(s *pg.LogicalSlot17) { s.Synced = false }), false},
+		{"no failover flag", pub, with(func(s *pg.LogicalSlot17) { s.Failover = false }), false},
+		{"still temporary", pub, with(func(s *pg.LogicalSlot17) { s.Temporary = true }), false},
+		{"invalidated", pub, with(func(s *pg.LogicalSlot17) { s.Invalidated = "rows_removed" }), false},
+		{"WAL lost", pub, with(func(s *pg.LogicalSlot17) { s.WALStatus = "lost" }), false},
+		{"one of two missing", map[string]consulkv.LogicalSlot{"sub_b": pub["sub_b"], "sub_c": {ConfirmedFlush: 10}}, []pg.LogicalSlot17{good}, false},
+	} {
+		ready, reason := nativeSlotsReady(tc.pub, tc.local)
+		if ready != tc.ready || ready != (reason == "") {
+			t.Errorf("%s: ready %v (%q), want %v", tc.name, ready, reason, tc.ready)
+		}
+	}
+}
+
+func TestUnitNonFailoverSlots(t *testing.T) {
+	got := nonFailoverSlots([]pg.LogicalSlot17{{Name: "z", Failover: false}, {Name: "a"}, {Name: "ok", Failover: true}, {Name: "tmp", Temporary: true}})
+	if !reflect.DeepEqual(got, []string{"a", "z"}) {
+		t.Fatalf("got %v", got)
 	}
 }

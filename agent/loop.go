@@ -368,6 +368,7 @@ func (a *Agent) publish(ctx context.Context, o Observation, d Decision) {
 	}
 	if role == consulkv.RolePrimary {
 		m.Logical = a.logical
+		m.Message = a.logicalMessage(m.Message, true) // PostgreSQL 17 non-failover slots
 	} else {
 		m.LogicalSlotsReady = a.slotsReady
 	}

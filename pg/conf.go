@@ -90,6 +90,12 @@ type setting struct{ name, value string }
 // that an unchanged configuration renders byte-identical and WriteConfig can
 // report "nothing changed".
 func (c Config) settings(role Role, follow *FollowTarget) []setting {
+	return c.settingsFor(role, follow, 0)
+}
+
+// settingsFor is settings for a data directory of the given major version
+// (0: unknown, treated as before PostgreSQL 17).
+func (c Config) settingsFor(role Role, follow *FollowTarget, major int) []setting {
 	s := []setting{
 		{"listen_addresses", c.ListenAddr},
 		{"port", strconv.Itoa(c.Port)},
@@ -147,9 +153,18 @@ func (c Config) settings(role Role, follow *FollowTarget) []setting {
 			AppName:        c.Name,
 			ConnectTimeout: replicaConnectTimeout,
 		}
+		// PostgreSQL 17 native failover slots: the slot sync worker needs a
+		// dbname in primary_conninfo (physical streaming ignores it).
+		slotSync := SlotSyncOnStandby(major, role, follow, map[string]string{"wal_level": s[index["wal_level"]].value})
+		if slotSync {
+			ci.DBName = slotSyncDB
+		}
 		s = append(s, setting{"primary_conninfo", ci.String()})
 		if follow.SlotName != "" {
 			s = append(s, setting{"primary_slot_name", follow.SlotName})
+		}
+		if slotSync {
+			s = append(s, setting{"sync_replication_slots", "on"})
 		}
 	}
 	return s
@@ -157,11 +172,17 @@ func (c Config) settings(role Role, follow *FollowTarget) []setting {
 
 // renderConf renders the managed configuration file.
 func renderConf(c Config, role Role, follow *FollowTarget) []byte {
+	return renderConfFor(c, role, follow, 0)
+}
+
+// renderConfFor renders the managed configuration file for a data
+// directory of the given major version.
+func renderConfFor(c Config, role Role, follow *FollowTarget, major int) []byte {
 	var b bytes.Buffer
 	b.WriteString("# Managed by pgmesh: rewritten on every role or configuration change.\n")
 	b.WriteString("# Set parameters through pgmesh's configuration, not here.\n")
 	fmt.Fprintf(&b, "# role: %s\n", role)
-	for _, s := range c.settings(role, follow) {
+	for _, s := range c.settingsFor(role, follow, major) {
 		fmt.Fprintf(&b, "%s = %s\n", s.name, quoteConfValue(s.value))
 	}
 	return b.Bytes()
@@ -330,7 +351,8 @@ func (i *Instance) WriteConfig(role Role, follow *FollowTarget) (changed, restar
 
 	// Managed settings.
 	confPath := i.dataFile(ManagedConfFile)
-	newConf := renderConf(i.cfg, role, follow)
+	major, _ := i.MajorVersion() // 0 if unreadable: render as before 17
+	newConf := renderConfFor(i.cfg, role, follow, major)
 	oldConf, err := os.ReadFile(confPath)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, false, fmt.Errorf("write config: read %s: %w", confPath, err)

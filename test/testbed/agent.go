@@ -67,6 +67,15 @@ type AgentSpec struct {
 	ConsulExtra                            string // extra YAML under consul:, e.g. "session_checks: [liveness]"
 	DCSExtra                               string // extra YAML under bootstrap.dcs:, e.g. "synchronous_mode: on"
 	ExtraYAML                              string
+	// BinDir is the PostgreSQL bin directory (default PostgresBinDir()).
+	BinDir string
+}
+
+func (s AgentSpec) binDir() string {
+	if s.BinDir != "" {
+		return s.BinDir
+	}
+	return PostgresBinDir()
 }
 
 // Agent is a running pgmesh agent process with its PostgreSQL.
@@ -140,7 +149,7 @@ tags:
 %slog:
   level: debug
   format: json
-%s`, spec.Cluster, spec.Group, spec.Name, spec.ConsulAddr, indent(spec.ConsulExtra), a.APIAddr, a.DataDir, PostgresBinDir(), a.PGPort,
+%s`, spec.Cluster, spec.Group, spec.Name, spec.ConsulAddr, indent(spec.ConsulExtra), a.APIAddr, a.DataDir, spec.binDir(), a.PGPort,
 		tags, spec.TTL, spec.LoopWait, spec.RetryTimeout, spec.LockDelay, indent(indent(spec.DCSExtra)), spec.ExtraYAML)
 	if err := os.WriteFile(a.CfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

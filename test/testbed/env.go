@@ -68,6 +68,27 @@ func PostgresBinDir() string {
 	return "/usr/lib/postgresql/15/bin"
 }
 
+// Postgres17BinDir is the PostgreSQL 17 kit scripts/setup assembles in
+// .cache/pg17/bin ($PGMESH_PG17_BINDIR overrides it); t fails with what to
+// run when it is missing.
+func Postgres17BinDir(t testing.TB) string {
+	t.Helper()
+	dir := os.Getenv("PGMESH_PG17_BINDIR")
+	if dir == "" {
+		root, err := RepoRoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir = filepath.Join(root, ".cache", "pg17", "bin")
+	}
+	for _, b := range []string{"postgres", "initdb", "pg_ctl", "pg_basebackup", "pg_rewind", "pg_controldata"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			t.Fatalf("testbed: PostgreSQL 17 kit incomplete (%v); run scripts/setup, which assembles it in .cache/pg17/bin", err)
+		}
+	}
+	return dir
+}
+
 // OSUser is the unprivileged account PostgreSQL runs as. It is empty when the
 // tests do not run as root, in which case everything runs as the caller.
 type OSUser struct {
