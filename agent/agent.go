@@ -63,12 +63,17 @@ type Agent struct {
 	dyn           consulkv.ClusterConfig
 	following     string
 	lastStreaming time.Time
-	lastDecision  string
-	lastProblems  map[string]bool
-	slotMembers   map[string]time.Time
-	lastGroup     *consulkv.GroupView
+	// streamedTLI is the highest timeline this data dir has streamed on
+	// (reset when the data dir is replaced or rewound).
+	streamedTLI  uint32
+	lastDecision string
+	lastProblems map[string]bool
+	slotMembers  map[string]time.Time
+	lastGroup    *consulkv.GroupView
 	// syncNames is the synchronous_standby_names the leader wants.
 	syncNames string
+	// replies tells standbys that stopped replying (sync.go).
+	replies replyTracker
 	// Logical replication between groups (logical.go).
 	copiedSlots    map[string]bool
 	logical        *consulkv.LogicalStatus

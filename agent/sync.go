@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/pg"
@@ -35,9 +37,88 @@ func syncStandbyNames(picks []string, mode string) string {
 	return fmt.Sprintf("FIRST %d (%s)", len(picks), strings.Join(quoted, ", "))
 }
 
-// pickSyncStandbys chooses up to n streaming standbys: ones already
-// synchronous first (no churn), then the most advanced, then by name.
-func pickSyncStandbys(repl []pg.ReplicationConn, g *consulkv.GroupView, self string, n int) []string {
+// replyTracker notices standbys that stopped replying. PostgreSQL keeps a
+// silent walsender - and its sync_state - until wal_sender_timeout (60s by
+// default), and synchronous commits wait for it all that time: a partition
+// between the primary and its synchronous standby stopped writes for a
+// minute although another standby, or asynchronous running, was available.
+// A standby replies every wal_receiver_status_interval even when idle, with
+// a new reply_time each time; the tracker times the value's changes with
+// the local clock, so clock skew between hosts does not matter.
+type replyTracker struct {
+	seen map[string]replySeen
+}
+
+type replySeen struct {
+	reply   time.Time // the standby's reply_time as last read
+	changed time.Time // local time it was last seen to change
+}
+
+// silent returns the standbys whose reply_time has not changed for longer
+// than after, and forgets standbys that are gone.
+func (r *replyTracker) silent(repl []pg.ReplicationConn, now time.Time, after time.Duration) map[string]bool {
+	if r.seen == nil {
+		r.seen = map[string]replySeen{}
+	}
+	out := map[string]bool{}
+	present := map[string]bool{}
+	for _, rc := range repl {
+		name := rc.ApplicationName
+		present[name] = true
+		s, ok := r.seen[name]
+		if !ok || !rc.ReplyTime.Equal(s.reply) {
+			r.seen[name] = replySeen{reply: rc.ReplyTime, changed: now}
+			continue
+		}
+		if now.Sub(s.changed) > after {
+			out[name] = true
+		}
+	}
+	for name := range r.seen {
+		if !present[name] {
+			delete(r.seen, name)
+		}
+	}
+	return out
+}
+
+// silentAfter is how long a standby may stay silent before it no longer
+// counts as streaming for synchronous replication: three status intervals,
+// at least 5s.
+func silentAfter(params map[string]string) time.Duration {
+	d := 3 * pgSeconds(params["wal_receiver_status_interval"], 10*time.Second)
+	return max(d, 5*time.Second)
+}
+
+// pgSeconds parses a PostgreSQL time setting whose default unit is seconds
+// ("1", "1s", "500ms", "2min"); def when empty or unreadable.
+func pgSeconds(v string, def time.Duration) time.Duration {
+	v = strings.TrimSpace(strings.Trim(strings.TrimSpace(v), "'"))
+	if v == "" {
+		return def
+	}
+	units := []struct {
+		suffix string
+		unit   time.Duration
+	}{{"ms", time.Millisecond}, {"min", time.Minute}, {"s", time.Second}, {"h", time.Hour}, {"d", 24 * time.Hour}}
+	unit := time.Second
+	for _, u := range units {
+		if strings.HasSuffix(v, u.suffix) {
+			v, unit = strings.TrimSpace(strings.TrimSuffix(v, u.suffix)), u.unit
+			break
+		}
+	}
+	n, err := strconv.ParseFloat(v, 64)
+	if err != nil || n < 0 {
+		return def
+	}
+	return time.Duration(n * float64(unit))
+}
+
+// pickSyncStandbys chooses up to n streaming standbys that are not silent:
+// ones already synchronous first (no churn), then the most advanced, then
+// by name.
+func pickSyncStandbys(repl []pg.ReplicationConn, g *consulkv.GroupView, self string, n int, silent map[string]bool) []string {
 	type cand struct {
 		name  string
 		sync  bool
@@ -47,7 +128,7 @@ func pickSyncStandbys(repl []pg.ReplicationConn, g *consulkv.GroupView, self str
 	seen := map[string]bool{}
 	for _, rc := range repl {
 		m := g.Members[rc.ApplicationName]
-		if rc.State != "streaming" || m == nil || m.Name == self || m.Tags.NoSync || seen[m.Name] {
+		if rc.State != "streaming" || m == nil || m.Name == self || m.Tags.NoSync || seen[m.Name] || silent[rc.ApplicationName] {
 			continue
 		}
 		seen[m.Name] = true
@@ -111,7 +192,14 @@ func (a *Agent) manageSync(ctx context.Context, g *consulkv.GroupView, st pg.Sta
 	if g == nil {
 		return nil
 	}
-	picks := pickSyncStandbys(st.Replication, g, a.cfg.Name, a.dyn.SyncCount())
+	silent := a.replies.silent(st.Replication, time.Now(), silentAfter(a.parameters()))
+	for name := range silent {
+		if (g.Sync != nil && containsStr(g.Sync.SyncStandbys, name)) || strings.Contains(a.syncNames, `"`+name+`"`) {
+			a.log.Warn("synchronous standby has not replied; no longer waiting for it", zap.String("standby", name),
+				zap.Duration("silent_for_more_than", silentAfter(a.parameters())))
+		}
+	}
+	picks := pickSyncStandbys(st.Replication, g, a.cfg.Name, a.dyn.SyncCount(), silent)
 	var published []string
 	keyOurs := g.Sync != nil && g.Sync.Leader == a.cfg.Name
 	if keyOurs {

@@ -80,6 +80,9 @@ type ReplicationConn struct {
 	ReplayLSN       LSN           `json:"replay_lsn"`
 	ReplayLag       time.Duration `json:"replay_lag"`
 	SyncState       string        `json:"sync_state"`
+	// ReplyTime is when the standby sent its last reply, by the standby's
+	// clock (zero when none yet): compare values, not with this clock.
+	ReplyTime time.Time `json:"reply_time"`
 }
 
 // agentConnInfo is how the agent reaches its own server: TCP to the address
@@ -364,7 +367,8 @@ func queryReplication(ctx context.Context, c *pgx.Conn) ([]ReplicationConn, erro
 		COALESCE(host(client_addr), ''), COALESCE(state, ''),
 		COALESCE(sent_lsn, '0/0')::text, COALESCE(write_lsn, '0/0')::text,
 		COALESCE(flush_lsn, '0/0')::text, COALESCE(replay_lsn, '0/0')::text,
-		COALESCE(EXTRACT(EPOCH FROM replay_lag), 0)::float8, COALESCE(sync_state, '')
+		COALESCE(EXTRACT(EPOCH FROM replay_lag), 0)::float8, COALESCE(sync_state, ''),
+		COALESCE(EXTRACT(EPOCH FROM reply_time), 0)::float8
 		FROM pg_stat_replication ORDER BY application_name, pid`)
 	if err != nil {
 		return nil, fmt.Errorf("query pg_stat_replication: %w", err)
@@ -376,10 +380,10 @@ func queryReplication(ctx context.Context, c *pgx.Conn) ([]ReplicationConn, erro
 			r                             ReplicationConn
 			pid                           int32
 			sent, write, flush, replayLSN string
-			lag                           float64
+			lag, reply                    float64
 		)
 		if err := rows.Scan(&pid, &r.User, &r.ApplicationName, &r.ClientAddr, &r.State,
-			&sent, &write, &flush, &replayLSN, &lag, &r.SyncState); err != nil {
+			&sent, &write, &flush, &replayLSN, &lag, &r.SyncState, &reply); err != nil {
 			return nil, fmt.Errorf("scan pg_stat_replication: %w", err)
 		}
 		r.PID = int(pid)
@@ -392,6 +396,9 @@ func queryReplication(ctx context.Context, c *pgx.Conn) ([]ReplicationConn, erro
 			}
 		}
 		r.ReplayLag = time.Duration(lag * float64(time.Second))
+		if reply > 0 {
+			r.ReplyTime = time.Unix(0, int64(reply*1e9)).UTC()
+		}
 		conns = append(conns, r)
 	}
 	if err := rows.Err(); err != nil {

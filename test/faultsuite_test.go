@@ -170,6 +170,10 @@ type faultEnv struct {
 	// says why there is none).
 	tmpfs    map[string]*testbed.Tmpfs
 	tmpfsErr error
+	// net is the members' network for the partition faults (TestPartition;
+	// nil here), netOf maps a member to its namespace.
+	net   *testbed.Netns
+	netOf map[string]*testbed.NetnsMember
 }
 
 func newFaultEnv(t *testing.T, mode string, seed uint64, diskFull bool) *faultEnv {
@@ -242,6 +246,8 @@ type rep struct {
 	// marks are the injection instants recovery times are measured from.
 	marks []time.Time
 	notes []string
+	// h is the repetition's history checker (faults may watch the writes).
+	h *history
 }
 
 func (r *rep) mark() { r.marks = append(r.marks, time.Now()) }
@@ -324,6 +330,7 @@ func (e *faultEnv) runRep(f faultDef, n int) repResult {
 	}
 	r := &rep{e: e, t: t, rng: e.rng(f.name, n), leader: leader}
 	h := startHistory(g, &e.nextID, 2)
+	r.h = h
 	s := startOverlapSampler(g)
 	// Writes flow before the fault, for a random while.
 	h.waitAcks(t, 20+r.rng.IntN(80), 30*time.Second, "writes flowing before "+f.name)
@@ -381,6 +388,11 @@ func (e *faultEnv) runRep(f faultDef, n int) repResult {
 // stream. It fails the test if even that does not help.
 func (e *faultEnv) repair() string {
 	g := e.g
+	if e.net != nil {
+		if err := e.net.HealAll(); err != nil {
+			e.t.Logf("repair: heal the network: %v", err)
+		}
+	}
 	for _, m := range g.order {
 		a := g.members[m]
 		a.Signal(syscall.SIGCONT)

@@ -67,6 +67,14 @@ type AgentSpec struct {
 	ConsulExtra                            string // extra YAML under consul:, e.g. "session_checks: [liveness]"
 	DCSExtra                               string // extra YAML under bootstrap.dcs:, e.g. "synchronous_mode: on"
 	ExtraYAML                              string
+	// Netns, when set, runs the agent (and so its PostgreSQL and every
+	// program it starts) inside this network namespace as the PostgreSQL OS
+	// user (ip netns exec … setpriv …); Host is then the member's address
+	// there, used for PostgreSQL's and the REST API's listen/connect
+	// address. The test reaches the member's PostgreSQL through its Unix
+	// socket (see DSN) and its REST API through Host.
+	Netns *NetnsMember
+	Host  string
 	// BinDir is the PostgreSQL bin directory (default PostgresBinDir()).
 	BinDir string
 }
@@ -119,7 +127,7 @@ func NewAgent(t testing.TB, spec AgentSpec) *Agent {
 	dir := OwnedDir(t)
 	a := &Agent{
 		Spec: spec, Dir: dir, DataDir: filepath.Join(dir, "data"), PGPort: FreePort(t),
-		APIAddr: fmt.Sprintf("127.0.0.1:%d", FreePort(t)), LogPath: filepath.Join(dir, "agent.log"),
+		APIAddr: fmt.Sprintf("%s:%d", spec.host(), FreePort(t)), LogPath: filepath.Join(dir, "agent.log"),
 		CfgPath: filepath.Join(dir, "pgmesh.yml"), bin: PgmeshBinary(t), t: t,
 	}
 	tags := indent(spec.Tags)
@@ -151,6 +159,9 @@ tags:
   format: json
 %s`, spec.Cluster, spec.Group, spec.Name, spec.ConsulAddr, indent(spec.ConsulExtra), a.APIAddr, a.DataDir, spec.binDir(), a.PGPort,
 		tags, spec.TTL, spec.LoopWait, spec.RetryTimeout, spec.LockDelay, indent(indent(spec.DCSExtra)), spec.ExtraYAML)
+	if spec.Host != "" {
+		cfg = strings.Replace(cfg, "\n  listen: 127.0.0.1\n", "\n  listen: "+spec.Host+"\n", 1)
+	}
 	if err := os.WriteFile(a.CfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -176,6 +187,11 @@ func (a *Agent) Start() {
 		a.t.Fatal(err)
 	}
 	AsUser(cmd, u)
+	if a.Spec.Netns != nil {
+		// setpriv switches the user inside the namespace; no Credential.
+		cmd = a.Spec.Netns.Command(u, a.bin, "agent", a.CfgPath)
+		cmd.Stdout, cmd.Stderr = logf, logf
+	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
 	}
@@ -308,6 +324,9 @@ func (a *Agent) cleanup() {
 
 // DSN is the superuser connection string of the member's PostgreSQL.
 func (a *Agent) DSN() string {
+	if a.Spec.Netns != nil {
+		return a.socketDSN()
+	}
 	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password='super secret' dbname=postgres sslmode=disable connect_timeout=2", a.PGPort)
 }
 

@@ -34,6 +34,9 @@ type ConsulOptions struct {
 	// SessionTTLMin is Consul's session_ttl_min (default 1s so tests can use
 	// short leases; production Consul defaults to 10s).
 	SessionTTLMin time.Duration
+	// ClientAddrs are addresses the HTTP and DNS API listen on besides
+	// 127.0.0.1 (e.g. a Netns bridge address, for members in namespaces).
+	ClientAddrs []string
 }
 
 // StartConsul starts a Consul server in dev-like single-node mode with a
@@ -99,6 +102,10 @@ ports {
 performance { raft_multiplier = 1 }
 dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
 `, c.NodeName, filepath.Join(dir, "data"), opts.SessionTTLMin.String(), http, dns, server, serfLAN, serfWAN)
+	if len(opts.ClientAddrs) > 0 {
+		addrs := strings.Join(append([]string{"127.0.0.1"}, opts.ClientAddrs...), " ")
+		hcl = strings.Replace(hcl, `client_addr = "127.0.0.1"`, fmt.Sprintf("client_addr = %q", addrs), 1)
+	}
 	cfgPath := filepath.Join(dir, "consul.hcl")
 	if err := os.WriteFile(cfgPath, []byte(hcl), 0o644); err != nil {
 		return nil, err
