@@ -38,6 +38,10 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		return nil
 	}
 	switch d.Action {
+	case ActClone, ActRewind:
+		a.streamedTLI = 0 // the data dir is replaced or rewound
+	}
+	switch d.Action {
 	case ActNone, ActRefuse:
 		return nil
 	case ActRaceInitialize:

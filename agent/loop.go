@@ -222,12 +222,22 @@ func (a *Agent) observeLocal(ctx context.Context) Local {
 	}
 	l.InRecovery = st.InRecovery
 	l.Timeline = st.Timeline
+	if l.InRecovery && a.streamedTLI > l.Timeline {
+		// Not streaming, PostgreSQL reports its last restartpoint's
+		// timeline, which lags a leader's promotion by up to a checkpoint
+		// interval. This replica streamed on a later one: it is there.
+		// (Without this, replicas whose leader died looked "behind its
+		// timeline" after ttl and stopped for a pointless rewind just
+		// before the election.)
+		l.Timeline = a.streamedTLI
+	}
 	l.LastLSN = uint64(st.LastLSN())
 	l.FollowingLeader = a.following
 	l.LogicalSlotsReady = a.slotsReady
 	if st.WalReceiver != nil && st.WalReceiver.Status == "streaming" {
 		l.Streaming = true
 		a.lastStreaming = time.Now()
+		a.streamedTLI = max(a.streamedTLI, st.WalReceiver.ReceivedTLI)
 	} else if l.InRecovery && a.following != "" {
 		if a.lastStreaming.IsZero() {
 			a.lastStreaming = time.Now()
