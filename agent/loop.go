@@ -414,30 +414,15 @@ type changeGate struct {
 }
 
 func (g *changeGate) due(session string, v any, present bool, now time.Time) bool {
-	return !present || session != g.session || contentOf(v) != g.content || now.Sub(g.at) >= keyRefresh
+	return !present || session != g.session || consulkv.Content(v) != g.content || now.Sub(g.at) >= keyRefresh
 }
 
 func (g *changeGate) done(session string, v any, now time.Time) {
-	g.session, g.content, g.at = session, contentOf(v), now
+	g.session, g.content, g.at = session, consulkv.Content(v), now
 }
 
 // forget makes the next due() true (after a write may have failed halfway).
 func (g *changeGate) forget() { *g = changeGate{} }
-
-// contentOf is v's JSON without the updated_at timestamp.
-func contentOf(v any) string {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return ""
-	}
-	var m map[string]any
-	if json.Unmarshal(b, &m) != nil {
-		return string(b)
-	}
-	delete(m, "updated_at")
-	b, _ = json.Marshal(m)
-	return string(b)
-}
 
 // memberService is the catalog registration for the current state.
 func (a *Agent) memberService(st health.MemberState) consulkv.MemberService {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -132,22 +131,11 @@ type simGate struct {
 }
 
 func (g *simGate) due(session string, v any) bool {
-	return session != g.session || simContent(v) != g.content || time.Since(g.at) >= 30*time.Second
+	return session != g.session || consulkv.Content(v) != g.content || time.Since(g.at) >= 30*time.Second
 }
 
 func (g *simGate) done(session string, v any) {
-	g.session, g.content, g.at = session, simContent(v), time.Now()
-}
-
-func simContent(v any) string {
-	b, _ := json.Marshal(v)
-	var m map[string]any
-	if json.Unmarshal(b, &m) != nil {
-		return string(b)
-	}
-	delete(m, "updated_at")
-	b, _ = json.Marshal(m)
-	return string(b)
+	g.session, g.content, g.at = session, consulkv.Content(v), time.Now()
 }
 
 func (s *simMember) status() *consulkv.MemberStatus {

@@ -592,3 +592,20 @@ func CheckLogicalParameters(p map[string]string) error {
 	}
 	return nil
 }
+
+// Content is v's JSON without its updated_at field: what a reader learns
+// from a member or status value. Writers compare it to skip rewriting a key
+// whose only change would be the timestamp.
+func Content(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return ""
+	}
+	var m map[string]any
+	if json.Unmarshal(b, &m) != nil {
+		return string(b)
+	}
+	delete(m, "updated_at")
+	b, _ = json.Marshal(m)
+	return string(b)
+}

@@ -33,16 +33,7 @@ type WatchOptions struct {
 // exponential backoff; the index is reset when Consul's index goes
 // backwards (e.g. after a snapshot restore), as Consul's docs ask.
 func (c *Client) WatchPrefix(ctx context.Context, prefix string, o WatchOptions, fn func(index uint64, pairs KVPairs)) {
-	if o.Wait <= 0 {
-		o.Wait = 5 * time.Minute
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = 10 * time.Second
-	}
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.MaxInterval = o.MaxBackoff
-	bo.MaxElapsedTime = 0
+	bo := o.withDefaults()
 	var index uint64
 	var delivered time.Time
 	for ctx.Err() == nil {
@@ -92,16 +83,7 @@ func (c *Client) WatchPrefix(ctx context.Context, prefix string, o WatchOptions,
 // returns only when that key changes, which keeps an idle agent from being
 // woken by every member-key write in its group.
 func (c *Client) WatchKey(ctx context.Context, key string, o WatchOptions, fn func(index uint64, pair *api.KVPair)) {
-	if o.Wait <= 0 {
-		o.Wait = 5 * time.Minute
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = 10 * time.Second
-	}
-	bo := backoff.NewExponentialBackOff()
-	bo.InitialInterval = 100 * time.Millisecond
-	bo.MaxInterval = o.MaxBackoff
-	bo.MaxElapsedTime = 0
+	bo := o.withDefaults()
 	var index uint64
 	first := true
 	var last *api.KVPair
@@ -148,4 +130,19 @@ func samePair(x, y *api.KVPair) bool {
 		return x == nil && y == nil
 	}
 	return x.ModifyIndex == y.ModifyIndex && x.Session == y.Session && x.Flags == y.Flags
+}
+
+// withDefaults fills o's zero fields and returns the retry backoff.
+func (o *WatchOptions) withDefaults() *backoff.ExponentialBackOff {
+	if o.Wait <= 0 {
+		o.Wait = 5 * time.Minute
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 10 * time.Second
+	}
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 100 * time.Millisecond
+	bo.MaxInterval = o.MaxBackoff
+	bo.MaxElapsedTime = 0
+	return bo
 }

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -37,37 +36,7 @@ import (
 // narrows the variants, PGMESH_FAULT_KEEP_LOGS=dir keeps every agent,
 // PostgreSQL and Consul log. See docs/reliability.md.
 func TestConsulLeaderLoss(t *testing.T) {
-	long := os.Getenv("PGMESH_FAULT_LONG") == "1"
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("PGMESH_FAULT_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("PGMESH_FAULT_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	reps := 1
-	if long {
-		reps = 5
-	}
-	if s := os.Getenv("PGMESH_FAULT_REPS"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("PGMESH_FAULT_REPS=%q: want a positive number", s)
-		}
-		reps = v
-	}
-	only := map[string]bool{}
-	for _, f := range strings.Split(os.Getenv("PGMESH_FAULT_ONLY"), ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			only[f] = true
-		}
-	}
-	tier := "CI tier"
-	if long {
-		tier = "long mode"
-	}
-	t.Logf("consul leader loss (%s): seed %d — replay with PGMESH_FAULT_SEED=%d", tier, seed, seed)
+	long, seed, reps, only, tier := readFaultSettings(t, "consul leader loss")
 
 	cl := testbed.StartConsulCluster(t, testbed.ConsulOptions{})
 	if dir := os.Getenv("PGMESH_FAULT_KEEP_LOGS"); dir != "" {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -489,4 +491,44 @@ func startGroupPrepared(t *testing.T, c *testbed.Consul, name string, n int, con
 		g.order = append(g.order, m)
 	}
 	return g
+}
+
+// readFaultSettings reads the environment every fault suite shares:
+// PGMESH_FAULT_LONG=1 (long mode), PGMESH_FAULT_SEED (replay),
+// PGMESH_FAULT_REPS (repetitions; default 1, long mode 5) and
+// PGMESH_FAULT_ONLY=fault,fault; it logs the seed so a run can be replayed.
+func readFaultSettings(t *testing.T, suite string) (long bool, seed uint64, reps int, only map[string]bool, tier string) {
+	t.Helper()
+	long = os.Getenv("PGMESH_FAULT_LONG") == "1"
+	seed = uint64(time.Now().UnixNano())
+	if s := os.Getenv("PGMESH_FAULT_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("PGMESH_FAULT_SEED=%q: %v", s, err)
+		}
+		seed = v
+	}
+	reps = 1
+	if long {
+		reps = 5
+	}
+	if s := os.Getenv("PGMESH_FAULT_REPS"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 {
+			t.Fatalf("PGMESH_FAULT_REPS=%q: want a positive number", s)
+		}
+		reps = v
+	}
+	only = map[string]bool{}
+	for _, f := range strings.Split(os.Getenv("PGMESH_FAULT_ONLY"), ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			only[f] = true
+		}
+	}
+	tier = "CI tier"
+	if long {
+		tier = "long mode"
+	}
+	t.Logf("%s (%s): seed %d — replay with PGMESH_FAULT_SEED=%d", suite, tier, seed, seed)
+	return long, seed, reps, only, tier
 }

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -40,37 +39,7 @@ func TestPartition(t *testing.T) {
 	if why := testbed.NetnsAvailable(); why != "" {
 		t.Skipf("network partitions: %s", why)
 	}
-	long := os.Getenv("PGMESH_FAULT_LONG") == "1"
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("PGMESH_FAULT_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("PGMESH_FAULT_SEED=%q: %v", s, err)
-		}
-		seed = v
-	}
-	reps := 1
-	if long {
-		reps = 5
-	}
-	if s := os.Getenv("PGMESH_FAULT_REPS"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("PGMESH_FAULT_REPS=%q: want a positive number", s)
-		}
-		reps = v
-	}
-	only := map[string]bool{}
-	for _, f := range strings.Split(os.Getenv("PGMESH_FAULT_ONLY"), ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			only[f] = true
-		}
-	}
-	tier := "CI tier"
-	if long {
-		tier = "long mode"
-	}
-	t.Logf("partition suite (%s): seed %d — replay with PGMESH_FAULT_SEED=%d", tier, seed, seed)
+	long, seed, reps, only, tier := readFaultSettings(t, "partition suite")
 
 	var results []repResult
 	for _, mode := range []string{"async", "sync"} {
