@@ -36,7 +36,7 @@ import (
 // narrows the variants, PGMESH_FAULT_KEEP_LOGS=dir keeps every agent,
 // PostgreSQL and Consul log. See docs/reliability.md.
 func TestConsulLeaderLoss(t *testing.T) {
-	long, seed, reps, only, tier := readFaultSettings(t, "consul leader loss")
+	s := readFaultSettings(t, "consul leader loss")
 
 	cl := testbed.StartConsulCluster(t, testbed.ConsulOptions{})
 	if dir := os.Getenv("PGMESH_FAULT_KEEP_LOGS"); dir != "" {
@@ -47,37 +47,13 @@ func TestConsulLeaderLoss(t *testing.T) {
 		{name: "consul-leader-kill", ci: []string{"async", "sync"}, run: func(r *rep) error { return x.run(r, "consul-leader-kill", false) }},
 		{name: "consul-leader-kill-twice", ci: []string{"sync"}, run: func(r *rep) error { return x.run(r, "consul-leader-kill-twice", true) }},
 	}
-	var results []repResult
-	for _, mode := range []string{"async", "sync"} {
-		var plan []faultDef
-		for _, f := range defs {
-			switch {
-			case len(only) > 0 && !only[f.name]:
-			case long || len(only) > 0 || contains(f.ci, mode):
-				plan = append(plan, f)
-			}
-		}
-		if len(plan) == 0 {
-			continue
-		}
-		t.Run(mode, func(t *testing.T) {
-			e := newClusterFaultEnv(t, mode, seed, cl)
-			for _, f := range plan {
-				for rep := 0; rep < reps; rep++ {
-					r := e.runRep(f, rep)
-					results = append(results, r)
-					t.Logf("%s", r.line())
-					if t.Failed() {
-						return
-					}
-				}
-			}
-		})
-	}
+	results := s.run(t, defs, func(t *testing.T, mode string, _ []faultDef) *faultEnv {
+		return newClusterFaultEnv(t, mode, s.seed, cl)
+	})
 	if len(results) == 0 {
 		t.Fatalf("PGMESH_FAULT_ONLY=%q selects no variant (consul-leader-kill, consul-leader-kill-twice)", os.Getenv("PGMESH_FAULT_ONLY"))
 	}
-	t.Logf("\n%s\n%s", faultTable(results, seed, tier), x.table())
+	t.Logf("\n%s\n%s", faultTable(results, s.seed, s.tier), x.table())
 	if err := cl.WaitHealthy(60 * time.Second); err != nil {
 		t.Errorf("consul cluster at the end: %v", err)
 	}

@@ -493,42 +493,103 @@ func startGroupPrepared(t *testing.T, c *testbed.Consul, name string, n int, con
 	return g
 }
 
-// readFaultSettings reads the environment every fault suite shares:
+// faultSettings is the environment every fault suite shares:
 // PGMESH_FAULT_LONG=1 (long mode), PGMESH_FAULT_SEED (replay),
-// PGMESH_FAULT_REPS (repetitions; default 1, long mode 5) and
-// PGMESH_FAULT_ONLY=fault,fault; it logs the seed so a run can be replayed.
-func readFaultSettings(t *testing.T, suite string) (long bool, seed uint64, reps int, only map[string]bool, tier string) {
+// PGMESH_FAULT_REPS (repetitions; default 1, long mode 5),
+// PGMESH_FAULT_ONLY=fault,fault and PGMESH_FAULT_REPORT=file.
+type faultSettings struct {
+	long    bool
+	seed    uint64
+	reps    int
+	repsSet bool // PGMESH_FAULT_REPS given: it wins over a fault's ciReps
+	only    map[string]bool
+	tier    string
+}
+
+// readFaultSettings reads the settings and logs the seed so a run can be
+// replayed.
+func readFaultSettings(t *testing.T, suite string) faultSettings {
 	t.Helper()
-	long = os.Getenv("PGMESH_FAULT_LONG") == "1"
-	seed = uint64(time.Now().UnixNano())
-	if s := os.Getenv("PGMESH_FAULT_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
+	s := faultSettings{long: os.Getenv("PGMESH_FAULT_LONG") == "1", seed: uint64(time.Now().UnixNano()), reps: 1, only: map[string]bool{}, tier: "CI tier"}
+	if v := os.Getenv("PGMESH_FAULT_SEED"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			t.Fatalf("PGMESH_FAULT_SEED=%q: %v", s, err)
+			t.Fatalf("PGMESH_FAULT_SEED=%q: %v", v, err)
 		}
-		seed = v
+		s.seed = n
 	}
-	reps = 1
-	if long {
-		reps = 5
+	if s.long {
+		s.reps, s.tier = 5, "long mode"
 	}
-	if s := os.Getenv("PGMESH_FAULT_REPS"); s != "" {
-		v, err := strconv.Atoi(s)
-		if err != nil || v < 1 {
-			t.Fatalf("PGMESH_FAULT_REPS=%q: want a positive number", s)
+	if v := os.Getenv("PGMESH_FAULT_REPS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("PGMESH_FAULT_REPS=%q: want a positive number", v)
 		}
-		reps = v
+		s.reps, s.repsSet = n, true
 	}
-	only = map[string]bool{}
 	for _, f := range strings.Split(os.Getenv("PGMESH_FAULT_ONLY"), ",") {
 		if f = strings.TrimSpace(f); f != "" {
-			only[f] = true
+			s.only[f] = true
 		}
 	}
-	tier = "CI tier"
-	if long {
-		tier = "long mode"
+	t.Logf("%s (%s): seed %d — replay with PGMESH_FAULT_SEED=%d", suite, s.tier, s.seed, s.seed)
+	return s
+}
+
+// plan is the faults of defs that run in mode: the CI tier's choice, every
+// one in long mode or when PGMESH_FAULT_ONLY names them.
+func (s faultSettings) plan(defs []faultDef, mode string) []faultDef {
+	var out []faultDef
+	for _, f := range defs {
+		switch {
+		case len(s.only) > 0 && !s.only[f.name]:
+		case s.long || len(s.only) > 0 || contains(f.ci, mode):
+			if f.modes == nil || contains(f.modes, mode) {
+				out = append(out, f)
+			}
+		}
 	}
-	t.Logf("%s (%s): seed %d — replay with PGMESH_FAULT_SEED=%d", suite, tier, seed, seed)
-	return long, seed, reps, only, tier
+	return out
+}
+
+// run runs the planned faults mode by mode, each mode in a subtest with the
+// environment newEnv builds for it, and returns every repetition's result
+// (it stops a mode at its first failure).
+func (s faultSettings) run(t *testing.T, defs []faultDef, newEnv func(t *testing.T, mode string, plan []faultDef) *faultEnv) []repResult {
+	var results []repResult
+	for _, mode := range []string{"async", "sync"} {
+		plan := s.plan(defs, mode)
+		if len(plan) == 0 {
+			continue
+		}
+		t.Run(mode, func(t *testing.T) {
+			e := newEnv(t, mode, plan)
+			for _, f := range plan {
+				n := s.reps
+				if !s.long && f.ciReps > 0 && !s.repsSet {
+					n = f.ciReps
+				}
+				for rep := 0; rep < n; rep++ {
+					r := e.runRep(f, rep)
+					results = append(results, r)
+					t.Logf("%s", r.line())
+					if t.Failed() {
+						return
+					}
+				}
+			}
+		})
+	}
+	return results
+}
+
+// report logs a suite's table and writes it to PGMESH_FAULT_REPORT if set.
+func (s faultSettings) report(t *testing.T, table string) {
+	t.Logf("\n%s", table)
+	if p := os.Getenv("PGMESH_FAULT_REPORT"); p != "" {
+		if err := os.WriteFile(p, []byte(table), 0o644); err != nil {
+			t.Errorf("write report: %v", err)
+		}
+	}
 }

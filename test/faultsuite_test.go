@@ -39,52 +39,15 @@ import (
 // writes the table to a file; PGMESH_FAULT_KEEP_LOGS=dir keeps every log).
 // See docs/reliability.md.
 func TestFaultSuite(t *testing.T) {
-	long, seed, reps, only, tier := readFaultSettings(t, "fault suite")
-
-	var results []repResult
-	for _, mode := range []string{"async", "sync"} {
-		var plan []faultDef
-		for _, f := range faults {
-			switch {
-			case len(only) > 0 && !only[f.name]:
-			case long || len(only) > 0 || contains(f.ci, mode):
-				if f.modes == nil || contains(f.modes, mode) {
-					plan = append(plan, f)
-				}
-			}
+	s := readFaultSettings(t, "fault suite")
+	results := s.run(t, faults, func(t *testing.T, mode string, plan []faultDef) *faultEnv {
+		diskFull := false
+		for _, f := range plan {
+			diskFull = diskFull || f.name == "disk-full"
 		}
-		if len(plan) == 0 {
-			continue
-		}
-		t.Run(mode, func(t *testing.T) {
-			diskFull := false
-			for _, f := range plan {
-				diskFull = diskFull || f.name == "disk-full"
-			}
-			e := newFaultEnv(t, mode, seed, diskFull)
-			for _, f := range plan {
-				n := reps
-				if !long && f.ciReps > 0 && os.Getenv("PGMESH_FAULT_REPS") == "" {
-					n = f.ciReps
-				}
-				for rep := 0; rep < n; rep++ {
-					r := e.runRep(f, rep)
-					results = append(results, r)
-					t.Logf("%s", r.line())
-					if t.Failed() {
-						return
-					}
-				}
-			}
-		})
-	}
-	table := faultTable(results, seed, tier)
-	t.Logf("\n%s", table)
-	if p := os.Getenv("PGMESH_FAULT_REPORT"); p != "" {
-		if err := os.WriteFile(p, []byte(table), 0o644); err != nil {
-			t.Errorf("write report: %v", err)
-		}
-	}
+		return newFaultEnv(t, mode, s.seed, diskFull)
+	})
+	s.report(t, faultTable(results, s.seed, s.tier))
 }
 
 // Timing of the test bed (AgentSpec defaults): ttl 4s → session TTL 2s →

@@ -39,45 +39,14 @@ func TestPartition(t *testing.T) {
 	if why := testbed.NetnsAvailable(); why != "" {
 		t.Skipf("network partitions: %s", why)
 	}
-	long, seed, reps, only, tier := readFaultSettings(t, "partition suite")
-
-	var results []repResult
-	for _, mode := range []string{"async", "sync"} {
-		var plan []faultDef
-		for _, f := range partitionFaults {
-			switch {
-			case len(only) > 0 && !only[f.name]:
-			case long || len(only) > 0 || contains(f.ci, mode):
-				plan = append(plan, f)
-			}
-		}
-		if len(plan) == 0 {
-			continue
-		}
-		t.Run(mode, func(t *testing.T) {
-			e := newPartitionEnv(t, mode, seed)
-			for _, f := range plan {
-				for rep := 0; rep < reps; rep++ {
-					r := e.runRep(f, rep)
-					results = append(results, r)
-					t.Logf("%s", r.line())
-					if t.Failed() {
-						return
-					}
-				}
-			}
-		})
-	}
+	s := readFaultSettings(t, "partition suite")
+	results := s.run(t, partitionFaults, func(t *testing.T, mode string, _ []faultDef) *faultEnv {
+		return newPartitionEnv(t, mode, s.seed)
+	})
 	if len(results) == 0 {
 		t.Fatalf("PGMESH_FAULT_ONLY=%q selects no partition fault", os.Getenv("PGMESH_FAULT_ONLY"))
 	}
-	table := strings.Replace(faultTable(results, seed, tier), "pgmesh fault suite", "pgmesh partition suite", 1)
-	t.Logf("\n%s", table)
-	if p := os.Getenv("PGMESH_FAULT_REPORT"); p != "" {
-		if err := os.WriteFile(p, []byte(table), 0o644); err != nil {
-			t.Errorf("write report: %v", err)
-		}
-	}
+	s.report(t, strings.Replace(faultTable(results, s.seed, s.tier), "pgmesh fault suite", "pgmesh partition suite", 1))
 }
 
 // partitionStallBound: while a partition leaves the primary its lease,
