@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -257,52 +256,7 @@ func logicalFailover17(t *testing.T, bin17, mode string) {
 	ackedA, _ := wa.finish()
 	ackedB, _ := wb.finish()
 
-	var onA, onB map[int]bool
-	testbed.Eventually(t, 60*time.Second, "B has every row of A's new primary and A every row of B", func() error {
-		var err error
-		if onA, err = ga.ids(newA, "ta"); err != nil {
-			return err
-		}
-		if onB, err = gb.ids(lb, "ta"); err != nil {
-			return err
-		}
-		for id := range onA {
-			if !onB[id] {
-				return fmt.Errorf("row %d of A missing on B", id)
-			}
-		}
-		tbA, err := ga.ids(newA, "tb")
-		if err != nil {
-			return err
-		}
-		for _, id := range ackedB {
-			if !tbA[id] {
-				return fmt.Errorf("row %d of B missing on A's new primary", id)
-			}
-		}
-		return nil
-	})
-	var lostOnA, extraOnB []int
-	for _, id := range ackedA {
-		if !onA[id] {
-			lostOnA = append(lostOnA, id)
-		}
-	}
-	for id := range onB {
-		if !onA[id] {
-			extraOnB = append(extraOnB, id)
-		}
-	}
-	sort.Ints(extraOnB)
-	sumA, sumB := 0, 0
-	for id := range onA {
-		sumA += id
-	}
-	for id := range onB {
-		if onA[id] {
-			sumB += id
-		}
-	}
+	onA, onB, lostOnA, extraOnB, sumA, sumB := convergeBothWays(t, ga, newA, gb, lb, ackedA, ackedB)
 	if sumA != sumB || len(onA) != len(onB)-len(extraOnB) {
 		t.Fatalf("A's rows on B differ: %d rows checksum %d on A, %d rows checksum %d on B", len(onA), sumA, len(onB)-len(extraOnB), sumB)
 	}
@@ -311,22 +265,7 @@ func logicalFailover17(t *testing.T, bin17, mode string) {
 	if len(extraOnB) > 0 {
 		t.Fatalf("%d rows reached B from the old primary but are not on A's promoted standby: %v", len(extraOnB), extraOnB)
 	}
-	for _, chk := range []struct {
-		g   *group
-		m   string
-		sub string
-	}{{gb, lb, "gb_from_ga"}, {ga, newA, "ga_from_gb"}} {
-		testbed.Eventually(t, 30*time.Second, "subscription "+chk.sub+" running", func() error {
-			n, err := chk.g.queryString(chk.m, "SELECT count(*) FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL", chk.sub)
-			if err != nil {
-				return err
-			}
-			if n == "0" {
-				return errors.New("no apply worker")
-			}
-			return nil
-		})
-	}
+	waitSubscriptionsRunning(t, ga, newA, gb, lb)
 	if flags, err := ga.slotFlags(newA, "gb_from_ga"); err != nil {
 		t.Fatalf("slot gb_from_ga on the promoted %s: %v", newA, err)
 	} else {

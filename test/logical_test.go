@@ -172,79 +172,13 @@ func logicalFailover(t *testing.T, mode string) {
 	ackedA, _ := wa.finish()
 	ackedB, _ := wb.finish()
 
-	// Converge, then compare.
-	var onA, onB map[int]bool
-	testbed.Eventually(t, 60*time.Second, "B has every row of A's new primary and A every row of B", func() error {
-		var err error
-		if onA, err = ga.ids(newA, "ta"); err != nil {
-			return err
-		}
-		if onB, err = gb.ids(lb, "ta"); err != nil {
-			return err
-		}
-		for id := range onA {
-			if !onB[id] {
-				return fmt.Errorf("row %d of A missing on B", id)
-			}
-		}
-		tbA, err := ga.ids(newA, "tb")
-		if err != nil {
-			return err
-		}
-		for _, id := range ackedB {
-			if !tbA[id] {
-				return fmt.Errorf("row %d of B missing on A's new primary", id)
-			}
-		}
-		return nil
-	})
-	var lostOnA, extraOnB []int
-	for _, id := range ackedA {
-		if !onA[id] {
-			lostOnA = append(lostOnA, id)
-		}
-	}
-	for id := range onB {
-		if !onA[id] {
-			extraOnB = append(extraOnB, id)
-		}
-	}
-	sort.Ints(extraOnB)
-	sumA, sumB := 0, 0
-	for id := range onA {
-		sumA += id
-	}
-	for id := range onB {
-		if onA[id] {
-			sumB += id
-		}
-	}
+	onA, _, lostOnA, extraOnB, sumA, sumB := convergeBothWays(t, ga, newA, gb, lb, ackedA, ackedB)
 	if sumA != sumB {
 		t.Fatalf("checksum of A's rows differs on B: %d vs %d", sumA, sumB)
 	}
 	// The subscriptions still run: a duplicate would have stopped them
 	// with a primary-key violation.
-	for _, chk := range []struct {
-		g   *group
-		m   string
-		sub string
-	}{{gb, lb, "gb_from_ga"}, {ga, newA, "ga_from_gb"}} {
-		testbed.Eventually(t, 30*time.Second, "subscription "+chk.sub+" running", func() error {
-			c, err := chk.g.members[chk.m].Connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer c.Close(ctx)
-			var running bool
-			if err := c.QueryRow(ctx, "SELECT count(*) > 0 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL", chk.sub).Scan(&running); err != nil {
-				return err
-			}
-			if !running {
-				return errors.New("no apply worker")
-			}
-			return nil
-		})
-	}
+	waitSubscriptionsRunning(t, ga, newA, gb, lb)
 	t.Logf("%s: A's primary killed; %s writable after %s; A->B replication interrupted for %s; %d rows of A (%d acked writes, %d lost on A), all on B exactly once (checksum %d); %d rows of B all on A",
 		mode, newA, promoted.Round(10*time.Millisecond), interrupted.Round(10*time.Millisecond), len(onA), len(ackedA), len(lostOnA), sumA, len(ackedB))
 	if len(extraOnB) > 0 {
@@ -293,5 +227,86 @@ func logicalFailover(t *testing.T, mode string) {
 	c2.QueryRow(ctx, "SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_type = 'logical'").Scan(&walsenders)
 	if !inRecovery || walsenders != 0 {
 		t.Fatalf("old primary %s: in recovery %v, logical walsenders %d", la, inRecovery, walsenders)
+	}
+}
+
+// convergeBothWays waits until B has every row of A's new primary (table
+// ta) and A's new primary every acknowledged row of B (table tb), then
+// compares: the acknowledged rows of A missing on A (lost by the failover),
+// rows of A that exist only on B, and the checksums of A's rows on A and of
+// those same rows on B.
+func convergeBothWays(t *testing.T, ga *group, newA string, gb *group, lb string, ackedA, ackedB []int) (onA, onB map[int]bool, lostOnA, extraOnB []int, sumA, sumB int) {
+	t.Helper()
+	testbed.Eventually(t, 60*time.Second, "B has every row of A's new primary and A every row of B", func() error {
+		var err error
+		if onA, err = ga.ids(newA, "ta"); err != nil {
+			return err
+		}
+		if onB, err = gb.ids(lb, "ta"); err != nil {
+			return err
+		}
+		for id := range onA {
+			if !onB[id] {
+				return fmt.Errorf("row %d of A missing on B", id)
+			}
+		}
+		tbA, err := ga.ids(newA, "tb")
+		if err != nil {
+			return err
+		}
+		for _, id := range ackedB {
+			if !tbA[id] {
+				return fmt.Errorf("row %d of B missing on A's new primary", id)
+			}
+		}
+		return nil
+	})
+	for _, id := range ackedA {
+		if !onA[id] {
+			lostOnA = append(lostOnA, id)
+		}
+	}
+	for id := range onB {
+		if !onA[id] {
+			extraOnB = append(extraOnB, id)
+		}
+	}
+	sort.Ints(extraOnB)
+	for id := range onA {
+		sumA += id
+	}
+	for id := range onB {
+		if onA[id] {
+			sumB += id
+		}
+	}
+	return onA, onB, lostOnA, extraOnB, sumA, sumB
+}
+
+// waitSubscriptionsRunning waits until both subscriptions between the two
+// groups have an apply worker (B's gb_from_ga, A's ga_from_gb).
+func waitSubscriptionsRunning(t *testing.T, ga *group, newA string, gb *group, lb string) {
+	t.Helper()
+	ctx := context.Background()
+	for _, chk := range []struct {
+		g   *group
+		m   string
+		sub string
+	}{{gb, lb, "gb_from_ga"}, {ga, newA, "ga_from_gb"}} {
+		testbed.Eventually(t, 30*time.Second, "subscription "+chk.sub+" running", func() error {
+			c, err := chk.g.members[chk.m].Connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close(ctx)
+			var running bool
+			if err := c.QueryRow(ctx, "SELECT count(*) > 0 FROM pg_stat_subscription WHERE subname = $1 AND pid IS NOT NULL", chk.sub).Scan(&running); err != nil {
+				return err
+			}
+			if !running {
+				return errors.New("no apply worker")
+			}
+			return nil
+		})
 	}
 }
