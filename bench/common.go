@@ -93,7 +93,12 @@ func (pf *profileFlags) register(fs interface {
 func (pf *profileFlags) resolve(name string) (profile, error) {
 	p, ok := profiles[name]
 	if !ok {
-		return p, fmt.Errorf("unknown profile %q (have default, fast, checks, patroni-defaults, patroni-tuned)", name)
+		names := make([]string, 0, len(profiles))
+		for n := range profiles {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return p, fmt.Errorf("unknown profile %q (have %s)", name, strings.Join(names, ", "))
 	}
 	custom := false
 	set := func(dst *time.Duration, v time.Duration) {

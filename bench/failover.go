@@ -31,14 +31,7 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 	runs := fs.Int("runs", 5, "number of kill -9 runs (the figures are medians over them)")
 	poll := fs.Duration("poll", 20*time.Millisecond, "how often the clients try to write")
 	viaHAProxy := fs.Bool("haproxy", true, "also time the first write through HAProxy configured by pgmesh's renderer (builtin template, runtime-API hook)")
-	var pf profileFlags
-	pf.register(fs, "default")
-	e.commonFlags(fs, 40*time.Minute)
-	ctx, err := e.parse(ctx, fs, args)
-	if err != nil {
-		return err
-	}
-	p, err := pf.resolve(pf.name)
+	ctx, p, err := e.parseProfile(ctx, fs, args, 40*time.Minute)
 	if err != nil {
 		return err
 	}

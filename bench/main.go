@@ -99,6 +99,21 @@ func (e *env) commonFlags(fs *flag.FlagSet, timeout time.Duration) {
 	fs.DurationVar(&e.timeout, "timeout", timeout, "bound on the whole run; everything is stopped when it passes")
 }
 
+// parseProfile is parse for a program that runs one profile: it adds the
+// -profile and timing flags (default profile "default") and the common
+// flags, parses, and resolves the profile.
+func (e *env) parseProfile(ctx context.Context, fs *flag.FlagSet, args []string, timeout time.Duration) (context.Context, profile, error) {
+	var pf profileFlags
+	pf.register(fs, "default")
+	e.commonFlags(fs, timeout)
+	ctx, err := e.parse(ctx, fs, args)
+	if err != nil {
+		return nil, profile{}, err
+	}
+	p, err := pf.resolve(pf.name)
+	return ctx, p, err
+}
+
 // parse parses args and returns a context bounded by -timeout.
 func (e *env) parse(ctx context.Context, fs *flag.FlagSet, args []string) (context.Context, error) {
 	fs.SetOutput(os.Stdout)

@@ -401,14 +401,7 @@ func runScale(ctx context.Context, e *env, args []string) error {
 	switchovers := fs.Int("switchovers", 5, "simulated switchovers per size (renderer convergence samples)")
 	fs.BoolVar(&simBusy, "busy", false, "simulate write load: every member's WAL position moves every loop, so member and status keys are rewritten every loop")
 	ramp := fs.Duration("ramp", 0, "start the simulated agents at random points of this period (default: within one loop_wait, a cold start of every agent at once)")
-	var pf profileFlags
-	pf.register(fs, "default")
-	e.commonFlags(fs, 30*time.Minute)
-	ctx, err := e.parse(ctx, fs, args)
-	if err != nil {
-		return err
-	}
-	p, err := pf.resolve(pf.name)
+	ctx, p, err := e.parseProfile(ctx, fs, args, 30*time.Minute)
 	if err != nil {
 		return err
 	}

@@ -127,14 +127,7 @@ func runSwitchover(ctx context.Context, e *env, args []string) error {
 	runs := fs.Int("runs", 5, "number of switchovers (the figures are medians over them)")
 	interval := fs.Duration("interval", 10*time.Millisecond, "the clients' write interval")
 	viaHAProxy := fs.Bool("haproxy", true, "also run a client writing through HAProxy configured by pgmesh's renderer (builtin template, runtime-API hook)")
-	var pf profileFlags
-	pf.register(fs, "default")
-	e.commonFlags(fs, 30*time.Minute)
-	ctx, err := e.parse(ctx, fs, args)
-	if err != nil {
-		return err
-	}
-	p, err := pf.resolve(pf.name)
+	ctx, p, err := e.parseProfile(ctx, fs, args, 30*time.Minute)
 	if err != nil {
 		return err
 	}
