@@ -38,10 +38,6 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		return nil
 	}
 	switch d.Action {
-	case ActClone, ActRewind:
-		a.streamedTLI = 0 // the data dir is replaced or rewound
-	}
-	switch d.Action {
 	case ActNone, ActRefuse:
 		return nil
 	case ActRaceInitialize:
@@ -63,6 +59,7 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		// group (switchover "not a member") until the next loop. Safe: a
 		// member that clones holds no lock.
 		defer a.renewDuring(ctx)()
+		a.streamedTLI = 0 // the data dir is replaced
 		return a.clone(ctx, o.Group, d.Target)
 	case ActKeepLeader:
 		if d.ClearFailover {
@@ -136,6 +133,7 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		return a.follow(ctx, o.Group, d.Target)
 	case ActRewind:
 		defer a.renewDuring(ctx)() // as for a clone (a rewind may re-clone)
+		a.streamedTLI = 0
 		return a.rewind(ctx, o.Group, d.Target)
 	case ActStartReadOnly:
 		if _, _, err := inst.WriteConfig(pg.Replica, nil); err != nil {

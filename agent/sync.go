@@ -192,11 +192,12 @@ func (a *Agent) manageSync(ctx context.Context, g *consulkv.GroupView, st pg.Sta
 	if g == nil {
 		return nil
 	}
-	silent := a.replies.silent(st.Replication, time.Now(), silentAfter(a.parameters()))
+	after := silentAfter(a.parameters())
+	silent := a.replies.silent(st.Replication, time.Now(), after)
 	for name := range silent {
 		if (g.Sync != nil && containsStr(g.Sync.SyncStandbys, name)) || strings.Contains(a.syncNames, `"`+name+`"`) {
 			a.log.Warn("synchronous standby has not replied; no longer waiting for it", zap.String("standby", name),
-				zap.Duration("silent_for_more_than", silentAfter(a.parameters())))
+				zap.Duration("silent_for_more_than", after))
 		}
 	}
 	picks := pickSyncStandbys(st.Replication, g, a.cfg.Name, a.dyn.SyncCount(), silent)
