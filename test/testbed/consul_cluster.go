@@ -129,7 +129,13 @@ ports {
   grpc_tls = -1
 }
 performance { raft_multiplier = 1 }
-autopilot { server_stabilization_time = "2s" }
+autopilot {
+  server_stabilization_time = "2s"
+  # The tests kill servers and restart them under the same name; autopilot
+  # must not force-remove a killed server meanwhile (that left a restarted
+  # server "leaving" in serf for over a minute).
+  cleanup_dead_servers = false
+}
 dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
 `, strings.Join(join, ", "), name, filepath.Join(n.Dir, "data"), cl.opts.SessionTTLMin.String(), p.http, p.dns, p.server, p.serfLAN, p.serfWAN)
 		if err := os.WriteFile(n.cfgPath, []byte(hcl), 0o644); err != nil {
