@@ -68,7 +68,6 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		a.repairLeaderKey(ctx, o.Group)
 		return a.leaderHousekeeping(ctx, o.Group)
 	case ActStartPrimary:
-		a.fw.arm(a.fenceDeadline(time.Now()))
 		if d.ClearFailover {
 			a.clearFailover(ctx, o.Group)
 		}
@@ -83,9 +82,8 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 			return err
 		}
 		a.following = ""
-		return a.start(ctx)
+		return a.asLeader(ctx, "start", func(ctx context.Context) error { return a.start(ctx, true) })
 	case ActPromote:
-		a.fw.arm(a.fenceDeadline(time.Now()))
 		if d.ClearFailover {
 			a.clearFailover(ctx, o.Group)
 		}
@@ -114,8 +112,11 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		a.iAmLeaderNow = boolp(true)
 		a.quickRetries = 0
 		// Arm the watchdog before PostgreSQL becomes writable: if the agent
-		// freezes mid-promotion, nothing else would stop it.
-		a.fw.arm(a.fenceDeadline(time.Now()))
+		// freezes mid-promotion, nothing else would stop it. An agent that
+		// cannot arm it does not lead.
+		if err := a.fw.arm(a.fenceDeadline(time.Now())); err != nil {
+			return a.stepDown(ctx, o, err)
+		}
 		a.log.Info("acquired the leader lock", zap.Uint64("last_lsn", o.Local.LastLSN))
 		if o.Local.InRecovery {
 			reason := "automatic failover"
@@ -140,7 +141,7 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 			return err
 		}
 		a.following = ""
-		return a.start(ctx)
+		return a.start(ctx, false)
 	}
 	return fmt.Errorf("unknown action %v", d.Action)
 }
@@ -154,15 +155,125 @@ func makesWritable(act Action) bool {
 	return false
 }
 
-func (a *Agent) start(ctx context.Context) error {
+// start starts PostgreSQL. asLeader says it may come up writable (the
+// caller checked the lease and armed the watchdog, see asLeader); any other
+// start is a standby's, and the watchdog is disarmed first so a watchdog
+// that tripped while this member led does not abort it.
+func (a *Agent) start(ctx context.Context, asLeader bool) error {
+	if !asLeader {
+		a.fw.disarm()
+	}
 	a.lifecycleMu.Lock()
 	defer a.lifecycleMu.Unlock()
+	if hook := faultPoint("before-start"); hook != nil && asLeader {
+		hook()
+	}
+	// The last moment to check: a freeze between the caller's check and
+	// here must not start a primary without a lease.
+	if asLeader && !a.lock.LeaseValid(time.Now()) {
+		a.log.Warn("not starting PostgreSQL: the lease ran out just before the start (was the agent paused?)")
+		return errLeaseGone
+	}
 	err := a.pgi().Start(ctx)
 	if errors.Is(err, pg.ErrStartTimeout) {
 		a.log.Warn("postgres still starting; will check again next loop")
 		return nil
 	}
 	return err
+}
+
+// errLeaseGone: a start or promotion that would make PostgreSQL writable
+// was not begun because the lease had run out.
+var errLeaseGone = errors.New("the lease ran out; not making PostgreSQL writable")
+
+// asLeader runs a start or promotion that makes PostgreSQL writable. Right
+// before it, it checks the lease and arms the watchdog (an agent that
+// cannot arm it does not lead); while it runs (crash recovery can take
+// minutes), it keeps the session that holds the lock renewed and re-arms
+// the watchdog from each renewal, so a slow recovery is not aborted on
+// every attempt while a frozen or partitioned agent is still fenced when
+// its lease ends. It never creates a session: a new one would not hold
+// the lock. Afterwards PostgreSQL is stopped at once if the lease ran out
+// meanwhile.
+func (a *Agent) asLeader(ctx context.Context, what string, run func(context.Context) error) error {
+	now := time.Now()
+	if !a.lock.LeaseValid(now) {
+		return fmt.Errorf("%s: %w", what, errLeaseGone)
+	}
+	if err := a.fw.arm(a.fenceDeadline(now)); err != nil {
+		a.log.Error("not leading: the fence watchdog cannot be armed", zap.String("action", what), zap.Error(err))
+		if rerr := a.lock.Release(ctx); rerr != nil {
+			a.log.Warn("could not release the leader lock", zap.Error(rerr))
+		}
+		a.iAmLeaderNow = boolp(false)
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	a.leaderStarting.Store(true)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	every := max(min(a.dyn.LoopWait.D(), leaseOf(a.lock)/4), 100*time.Millisecond)
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-time.After(every):
+			}
+			until, err := a.lock.RenewHeld(rctx)
+			if rctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				a.log.Warn("renewing the session while PostgreSQL starts failed; the watchdog stops it when the lease runs out", zap.String("action", what), zap.Error(err))
+				if errors.Is(err, consulkv.ErrSessionGone) {
+					return
+				}
+				continue
+			}
+			if err := a.fw.arm(time.Until(until)); err != nil {
+				a.log.Error("could not re-arm the fence watchdog while PostgreSQL starts", zap.Error(err))
+				continue
+			}
+			// The agent is alive and busy, not stuck: keep /liveness (and a
+			// session tied to it) passing.
+			a.setState(func(s *health.MemberState) { s.LastLoop = time.Now() })
+		}
+	}()
+	err := run(ctx)
+	cancel()
+	<-done
+	if !a.lock.LeaseValid(time.Now()) {
+		a.lifecycleMu.Lock()
+		a.log.Warn("fencing: the lease ran out while PostgreSQL was starting", zap.String("action", what))
+		a.fence("lease expired during " + what)
+		a.lifecycleMu.Unlock()
+		return fmt.Errorf("%s: %w", what, errLeaseGone)
+	}
+	return err
+}
+
+// leaseOf is the lease the held session gives (0 without a session).
+func leaseOf(l *consulkv.Lock) time.Duration {
+	h := l.Held()
+	if h == nil {
+		return 0
+	}
+	return h.LeaseUntil().Sub(h.RenewedAt)
+}
+
+// stepDown gives the lock back after acquiring it when this agent cannot
+// lead (no watchdog): PostgreSQL stays or goes read-only.
+func (a *Agent) stepDown(ctx context.Context, o Observation, cause error) error {
+	a.log.Error("not leading: the fence watchdog cannot be armed; releasing the leader lock", zap.Error(cause))
+	a.iAmLeaderNow = boolp(false)
+	if err := a.lock.Release(ctx); err != nil {
+		a.log.Warn("could not release the leader lock", zap.Error(err))
+	}
+	if o.Local.Running && !o.Local.InRecovery {
+		return a.demote(ctx, true, false, "demoting: the fence watchdog cannot be armed")
+	}
+	return cause
 }
 
 // startReplica starts PostgreSQL as a standby of a leader, waiting about
@@ -177,7 +288,7 @@ func (a *Agent) start(ctx context.Context) error {
 func (a *Agent) startReplica(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, a.dyn.LoopWait.D()+2*time.Second)
 	defer cancel()
-	return a.start(ctx)
+	return a.start(ctx, false)
 }
 
 // bootstrap runs initdb, starts as primary, takes the lock and records the
@@ -221,7 +332,11 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		return fail(fmt.Errorf("could not take the leader lock after initdb (acquired=%v): %v", ok, err))
 	}
 	a.iAmLeaderNow = boolp(true)
-	a.fw.arm(a.fenceDeadline(time.Now()))
+	if err := a.fw.arm(a.fenceDeadline(time.Now())); err != nil {
+		a.lock.Release(context.WithoutCancel(ctx))
+		a.iAmLeaderNow = boolp(false)
+		return fail(err)
+	}
 	g, err := a.kv.ReadGroup(ctx, a.cfg.Group)
 	if err != nil {
 		return err
@@ -293,21 +408,24 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 	if a.dyn.SyncMode() != consulkv.SyncOff {
 		// Until the new leader knows its synchronous standbys, every commit
 		// waits for some standby: no acknowledged write may exist only here.
+		// A reload is asynchronous: promote only once PostgreSQL shows the
+		// setting, or a first commit could be acknowledged before it counts.
 		a.syncNames = "*"
-		if err := a.rebuildPG(); err == nil {
-			if _, _, err := a.pgi().WriteConfig(pg.Replica, a.currentFollow()); err == nil {
-				a.pgi().Reload(ctx)
-			}
+		if err := a.rebuildPG(); err != nil {
+			return fmt.Errorf("promote: %w", err)
 		}
 		inst = a.pgi()
-	}
-	if !a.lock.LeaseValid(time.Now()) {
-		return fmt.Errorf("promote: lease ran out before promotion; not promoting")
+		if _, _, err := inst.WriteConfig(pg.Replica, a.currentFollow()); err != nil {
+			return fmt.Errorf("promote: %w", err)
+		}
+		if err := a.reloadUntil(ctx, inst, "synchronous_standby_names", "*"); err != nil {
+			return fmt.Errorf("promote: not promoting before every commit waits for a standby: %w", err)
+		}
 	}
 	start := time.Now()
 	// Promote first: pg_ctl promote needs standby.signal in place, which
 	// WriteConfig(Primary) would remove.
-	if err := inst.Promote(ctx); err != nil {
+	if err := a.asLeader(ctx, "promote", inst.Promote); err != nil {
 		return fmt.Errorf("promote: %w", err)
 	}
 	a.following = ""
@@ -351,6 +469,26 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 		}
 	}
 	return a.leaderHousekeeping(ctx, o.Group)
+}
+
+// reloadUntil reloads PostgreSQL's configuration and waits (up to 3s)
+// until a new session shows param = want: the postmaster has read the file
+// then, and every backend it starts from now on runs with it.
+func (a *Agent) reloadUntil(ctx context.Context, inst *pg.Instance, param, want string) error {
+	if err := inst.Reload(ctx); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		got, err := inst.Show(ctx, param)
+		if err == nil && got == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is %q after the reload, want %q (%v)", param, got, want, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // leaderHousekeeping publishes the group status and keeps the members'
@@ -470,7 +608,7 @@ func (a *Agent) demote(ctx context.Context, immediate, release bool, reason stri
 		return err
 	}
 	a.following = ""
-	return a.start(ctx)
+	return a.start(ctx, false)
 }
 
 // switchover hands the leadership to candidate with no WAL lost: stop
@@ -519,8 +657,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, candidate string)
 			if _, _, err := inst.WriteConfig(pg.Primary, nil); err != nil {
 				return err
 			}
-			a.fw.arm(a.fenceDeadline(time.Now()))
-			return a.start(ctx)
+			return a.asLeader(ctx, "restart after an abandoned switchover", func(ctx context.Context) error { return a.start(ctx, true) })
 		}
 		a.log.Error("switchover abandoned and the leader lock is lost: starting read-only", zap.String("candidate", candidate), zap.String("checkpoint", cd.CheckpointLSN.String()))
 		a.iAmLeaderNow = boolp(false)
@@ -528,7 +665,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, candidate string)
 			return err
 		}
 		a.following = ""
-		return a.start(ctx)
+		return a.start(ctx, false)
 	}
 	// The candidate has all our WAL: no divergence is possible, so this
 	// data dir can follow the new timeline without pg_rewind.
@@ -549,7 +686,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, candidate string)
 		return err
 	}
 	a.following = candidate
-	return a.start(ctx)
+	return a.start(ctx, false)
 }
 
 // keepSessionAlive renews the session every few hundred milliseconds until

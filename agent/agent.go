@@ -101,6 +101,11 @@ type Agent struct {
 	// downAsLeaderSince: when PostgreSQL was first seen down while this
 	// member held the lock (primary_start_timeout).
 	downAsLeaderSince time.Time
+	// leaderStarting is set from the lease check before a start or
+	// promotion that makes PostgreSQL writable until the round's publish:
+	// the lease fence guards PostgreSQL meanwhile, before it is marked
+	// writable.
+	leaderStarting atomic.Bool
 	// memberWrite and statusWrite skip rewriting unchanged keys.
 	memberWrite, statusWrite changeGate
 
@@ -173,17 +178,17 @@ func (a *Agent) lockOptions() consulkv.LockOptions {
 }
 
 // fenceDeadline is how long after now the watchdog may let PostgreSQL run
-// without hearing from the agent: the lease, and with session checks no more
-// than lock_delay, because a failing check frees the lock at once and a
-// successor may take it lock_delay later.
+// without hearing from the agent: until the lease of the session Consul
+// holds ends, and for a session tied to health checks no later than its
+// lock-delay after the renew that last confirmed it (a failing check frees
+// the lock at once and a successor may take it lock-delay later). Both
+// count from when that renew was sent, not from now.
 func (a *Agent) fenceDeadline(now time.Time) time.Duration {
-	d := a.lock.LeaseUntil().Sub(now)
-	if len(a.cfg.Consul.SessionChecks) > 0 {
-		if c := a.dyn.LockDelay.D() - 200*time.Millisecond; c < d {
-			d = c
-		}
+	u := a.lock.FenceUntil()
+	if u.IsZero() {
+		return 0
 	}
-	return d
+	return u.Sub(now)
 }
 
 func (a *Agent) apiURL() string { return "http://" + a.cfg.RestAPI.ConnectAddress }
@@ -416,8 +421,8 @@ func (a *Agent) leaseFence(ctx context.Context) {
 			return
 		case <-time.After(wait):
 		}
-		st := a.State()
-		if !st.Writable {
+		guarded := func() bool { return a.State().Writable || a.leaderStarting.Load() }
+		if !guarded() {
 			continue
 		}
 		if a.lock.LeaseValid(time.Now()) {
@@ -426,7 +431,7 @@ func (a *Agent) leaseFence(ctx context.Context) {
 		a.lifecycleMu.Lock()
 		// Re-check under the lock: the loop may have renewed and restarted
 		// PostgreSQL meanwhile.
-		if st := a.State(); st.Writable && !a.lock.LeaseValid(time.Now()) {
+		if guarded() && !a.lock.LeaseValid(time.Now()) {
 			a.log.Warn("fencing: lease expired while the loop was busy; stopping PostgreSQL immediately")
 			a.fence("lease expired")
 		}

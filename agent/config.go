@@ -8,7 +8,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
 	"gopkg.in/yaml.v3"
@@ -333,17 +332,12 @@ func (c *Config) Validate() error {
 	if err := dyn.Validate(); err != nil {
 		return fmt.Errorf("config: bootstrap.dcs: %w", err)
 	}
-	if len(c.Consul.SessionChecks) > 0 {
-		if c.Consul.DisableRegistration && containsStr(c.Consul.SessionChecks, "liveness") {
-			return fmt.Errorf("config: consul.session_checks: \"liveness\" needs the service registration (consul.disable_registration is set)")
-		}
-		// A check can free the lock long before the lease ends; the old
-		// primary is fenced within lock_delay only if its watchdog deadline
-		// (re-armed every loop) fits inside lock_delay.
-		need := dyn.LoopWait.D() + dyn.RetryTimeout.D() + 500*time.Millisecond
-		if dyn.LockDelay.D() < need {
-			return fmt.Errorf("config: bootstrap.dcs.lock_delay %s: with consul.session_checks it must be at least loop_wait + retry_timeout + 0.5s (%s)", dyn.LockDelay, need)
-		}
+	if c.Consul.DisableRegistration && containsStr(c.Consul.SessionChecks, "liveness") {
+		return fmt.Errorf("config: consul.session_checks: \"liveness\" needs the service registration (consul.disable_registration is set)")
+	}
+	// The same check every agent makes before it adopts a stored config.
+	if err := dyn.ValidateFor([]consulkv.MemberSettings{c.Settings()}); err != nil {
+		return fmt.Errorf("config: bootstrap.dcs: %w", err)
 	}
 	switch c.Log.Format {
 	case "json", "console":
@@ -351,6 +345,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: log.format %q: use json or console", c.Log.Format)
 	}
 	return nil
+}
+
+// Settings are the member's local settings the cluster config's safety
+// rules depend on (published in its member key).
+func (c *Config) Settings() consulkv.MemberSettings {
+	return consulkv.MemberSettings{Member: c.Name, SessionChecks: c.Consul.SessionChecks}
 }
 
 // MemberTags converts the tags to their stored form.

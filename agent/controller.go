@@ -25,7 +25,19 @@ func (a *Agent) Config(ctx context.Context) (*consulkv.ClusterConfig, uint64, er
 	return a.kv.ReadConfig(ctx)
 }
 
+// CASConfig refuses a config that is unsafe for any member (this one with
+// its local settings, the others as their member keys publish them) with a
+// *consulkv.UnsafeConfigError naming the rule.
 func (a *Agent) CASConfig(ctx context.Context, cfg *consulkv.ClusterConfig, index uint64) (bool, error) {
+	members := []consulkv.MemberSettings{a.cfg.Settings()}
+	cv, err := a.kv.ReadCluster(ctx)
+	if err != nil {
+		return false, err
+	}
+	members = append(members, cv.MemberSettings()...)
+	if err := cfg.ValidateFor(members); err != nil {
+		return false, err
+	}
 	ok, err := a.kv.CAS(ctx, a.kv.ConfigKey(), cfg, index)
 	if ok {
 		a.Wake()

@@ -335,7 +335,7 @@ func (a *Agent) syncLogicalSlots(ctx context.Context, g *consulkv.GroupView, loc
 			a.log.Warn("restart for slot copies: stop failed", zap.Error(err))
 			return false
 		}
-		if err := a.start(ctx); err != nil {
+		if err := a.start(ctx, false); err != nil {
 			a.log.Warn("restart for slot copies: start failed", zap.Error(err))
 		}
 		return false

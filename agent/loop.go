@@ -86,7 +86,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 			o.ConsulOK = false
 			a.noteConsulDown(err)
 		}
-	} else if left := time.Until(a.lock.LeaseUntil()); left < min(a.dyn.LoopWait.D()+200*time.Millisecond, a.lock.Options().LeaseDuration()*3/4) {
+	} else if left := time.Until(a.lock.LeaseUntil()); left < min(a.dyn.LoopWait.D()+200*time.Millisecond, leaseOf(a.lock)*3/4) {
 		// The renew succeeded but Consul held it for a long time (a
 		// leader election): the lease counts from when it was sent, so
 		// little is left, and it would run out before the next loop's
@@ -98,12 +98,20 @@ func (a *Agent) observe(ctx context.Context) Observation {
 			a.log.Warn("second renew failed", zap.Error(err))
 		}
 	}
+	if o.ConsulOK && a.lock.NeedsRoll() {
+		a.rollSession(ctx)
+	}
 	if o.ConsulOK {
 		g, err := a.kv.ReadGroup(ctx, a.cfg.Group)
 		if err != nil {
 			o.ConsulOK = false
 			a.noteConsulDown(err)
 		} else {
+			leaderSession := ""
+			if g.Leader != nil {
+				leaderSession = g.Leader.Session
+			}
+			a.lock.Resolve(ctx, leaderSession)
 			o.Group = g
 			a.lastGroup = g
 			a.logProblems(g)
@@ -132,6 +140,28 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	return o
 }
 
+// rollSession replaces the session when the cluster's ttl, lock_delay or
+// this member's session checks changed: a session keeps the TTL and
+// lock-delay it was created with, and the lease must follow the session
+// Consul holds (Patroni, too, recreates its session on a ttl change). The
+// keys the old session holds (leader lock, member key) move to the new one
+// in one transaction, so the lock is never free and the lease is never
+// longer than what Consul enforces.
+func (a *Agent) rollSession(ctx context.Context) {
+	keys := []string{a.kv.LeaderKey(a.cfg.Group), a.kv.MemberKey(a.cfg.Group, a.cfg.Name)}
+	old, next, err := a.lock.Roll(ctx, keys)
+	if err != nil {
+		a.log.Warn("could not roll the session over to the new ttl/lock_delay; the old one stays in force", zap.Error(err))
+		return
+	}
+	a.memberWrite.forget()
+	a.statusWrite.forget()
+	a.log.Info("rolled the session over to the new settings",
+		zap.String("old_session", old.ID), zap.String("session", next.ID),
+		zap.Duration("old_session_ttl", old.TTL), zap.Duration("session_ttl", next.TTL),
+		zap.Duration("old_lock_delay", old.LockDelay), zap.Duration("lock_delay", next.LockDelay))
+}
+
 func (a *Agent) noteConsulDown(err error) {
 	if a.consulDownFrom.IsZero() {
 		a.consulDownFrom = time.Now()
@@ -153,27 +183,34 @@ func (a *Agent) refreshConfig(ctx context.Context) {
 		// Not watched yet, or absent (then it may need seeding): read it.
 		cfg, idx, err = a.kv.ReadConfig(ctx)
 	}
-	var de *consulkv.DecodeError
-	switch {
-	case errors.As(err, &de):
-		if de.Error() != a.lastConfigProblem {
-			a.log.Warn("ignoring unreadable dynamic config; keeping the last good one", zap.Error(err))
-			a.lastConfigProblem = de.Error()
-		}
-		return
-	case err != nil:
-		return
-	case cfg == nil && idx == 0:
+	if err == nil && cfg == nil && idx == 0 {
 		seed := a.cfg.Bootstrap.DCS.ClusterConfig()
 		if ok, err := a.kv.CAS(ctx, a.kv.ConfigKey(), &seed, 0); err == nil && ok {
 			a.log.Info("seeded the cluster's dynamic config from bootstrap.dcs", zap.Duration("ttl", seed.TTL.D()), zap.Duration("loop_wait", seed.LoopWait.D()))
 		}
 		return
 	}
-	a.lastConfigProblem = ""
-	next := cfg.WithDefaults()
-	if next.TTL != a.dyn.TTL || next.LockDelay != a.dyn.LockDelay || next.LoopWait != a.dyn.LoopWait || next.RetryTimeout != a.dyn.RetryTimeout {
-		a.log.Info("dynamic config changed", zap.Duration("ttl", next.TTL.D()), zap.Duration("loop_wait", next.LoopWait.D()), zap.Duration("retry_timeout", next.RetryTimeout.D()), zap.Duration("lock_delay", next.LockDelay.D()))
+	adopted, problem := adoptConfig(cfg, err, a.cfg.Settings())
+	if adopted == nil {
+		if problem == "" {
+			return // Consul unreachable: nothing new to judge
+		}
+		// Adopting it could leave two writable primaries or fence a healthy
+		// one: keep the config in force and say so (log once, member key,
+		// REST status) until the stored one is fixed.
+		if problem != a.lastConfigProblem {
+			a.log.Error(problem, zap.Duration("ttl_in_force", a.dyn.TTL.D()), zap.Duration("loop_wait_in_force", a.dyn.LoopWait.D()),
+				zap.Duration("lock_delay_in_force", a.dyn.LockDelay.D()))
+			a.lastConfigProblem = problem
+		}
+		a.setState(func(s *health.MemberState) { s.ConfigProblem = problem })
+		return
+	}
+	next := *adopted
+	if a.lastConfigProblem != "" {
+		a.log.Info("the stored cluster config is readable and safe again; adopting it")
+		a.lastConfigProblem = ""
+		a.setState(func(s *health.MemberState) { s.ConfigProblem = "" })
 	}
 	a.dyn = next
 	a.lock.SetOptions(a.lockOptions())
@@ -360,8 +397,18 @@ func (a *Agent) publish(ctx context.Context, o Observation, d Decision) {
 			s.WriteLSN = local.LastLSN
 		}
 	})
+	a.leaderStarting.Store(false)
 	if s := a.State(); s.Writable {
-		a.fw.arm(a.fenceDeadline(time.Now()))
+		if err := a.fw.arm(a.fenceDeadline(time.Now())); err != nil {
+			// An agent that cannot arm its watchdog does not lead.
+			a.log.Error("fencing: the fence watchdog cannot be armed", zap.Error(err))
+			a.lifecycleMu.Lock()
+			a.fence("fence watchdog cannot be armed: " + err.Error())
+			a.lifecycleMu.Unlock()
+			if rerr := a.lock.Release(ctx); rerr != nil {
+				a.log.Warn("could not release the leader lock", zap.Error(rerr))
+			}
+		}
 	} else if !local.Running || role != consulkv.RolePrimary {
 		a.fw.disarm()
 	}
@@ -374,7 +421,7 @@ func (a *Agent) publish(ctx context.Context, o Observation, d Decision) {
 		APIURL: a.apiURL(), ConnURL: a.connURL(), Host: a.cfg.PostgreSQL.ConnectAddress, Port: a.cfg.PostgreSQL.Port,
 		Timeline: local.Timeline, SystemID: local.SystemID, WriteLSN: st.WriteLSN, ReceiveLSN: st.ReceiveLSN, ReplayLSN: st.ReplayLSN,
 		Streaming: local.Streaming, Tags: a.cfg.MemberTags(), PGVersion: st.PGVersion, AgentVersion: version.Version,
-		Message: st.Message, UpdatedAt: now.UTC(),
+		Message: st.Message, SessionChecks: a.cfg.Consul.SessionChecks, ConfigProblem: st.ConfigProblem, UpdatedAt: now.UTC(),
 	}
 	if role == consulkv.RolePrimary {
 		m.Logical = a.logical

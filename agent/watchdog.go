@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -27,61 +28,115 @@ import (
 // promoted.
 
 type fenceWatchdog struct {
-	log   *zap.Logger
-	mu    sync.Mutex
-	stdin io.WriteCloser
-	cmd   *exec.Cmd
-	armed bool
+	log     *zap.Logger
+	exe     string
+	dataDir string
+	// inProcess: no watchdog process can run (the agent is not the pgmesh
+	// binary, e.g. a unit test); only the in-process lease fence guards.
+	inProcess bool
+
+	mu     sync.Mutex
+	stdin  io.WriteCloser
+	exited chan struct{} // closed when the watchdog process ends
+	armed  bool
 }
+
+// errWatchdog means the fence watchdog could not be armed: the agent must
+// not lead without it.
+var errWatchdog = errors.New("fence watchdog cannot be armed")
 
 // startFenceWatchdog starts the watchdog process; when the binary cannot be
 // found (e.g. the agent runs inside a test binary) fencing falls back to the
 // in-process lease timer only, with a warning.
 func startFenceWatchdog(log *zap.Logger, inst func() *pg.Instance) (*fenceWatchdog, error) {
-	fw := &fenceWatchdog{log: log}
 	exe, err := os.Executable()
 	if err != nil || !strings.HasPrefix(filepath.Base(exe), "pgmesh") {
 		log.Warn("fence watchdog unavailable (not running as the pgmesh binary); relying on the in-process lease timer")
-		return fw, nil
+		return &fenceWatchdog{log: log, inProcess: true}, nil
 	}
-	i := inst()
-	cmd := exec.Command(exe, "fence-watchdog", "--data-dir", i.DataDir())
+	fw := &fenceWatchdog{log: log, exe: exe, dataDir: inst().DataDir()}
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if err := fw.spawnLocked(); err != nil {
+		return nil, err
+	}
+	return fw, nil
+}
+
+func (f *fenceWatchdog) spawnLocked() error {
+	cmd := exec.Command(f.exe, "fence-watchdog", "--data-dir", f.dataDir)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	// Own process group: a signal to the agent's group must not take the
 	// watchdog with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, fmt.Errorf("fence watchdog: %w", err)
+		return fmt.Errorf("fence watchdog: %w", err)
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("fence watchdog: %w", err)
+		return fmt.Errorf("fence watchdog: %w", err)
 	}
-	go cmd.Wait()
-	fw.stdin, fw.cmd = stdin, cmd
-	return fw, nil
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	f.stdin, f.exited = stdin, exited
+	return nil
 }
 
-func (f *fenceWatchdog) send(line string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+// aliveLocked makes sure the watchdog process runs, restarting it when it
+// died (killed by an operator, the OOM killer): a dead watchdog is never
+// just logged.
+func (f *fenceWatchdog) aliveLocked() error {
 	if f.stdin == nil {
-		return
+		return fmt.Errorf("%w: it was closed", errWatchdog)
+	}
+	select {
+	case <-f.exited:
+	default:
+		return nil
+	}
+	f.log.Error("the fence watchdog process died; restarting it")
+	f.stdin.Close()
+	if err := f.spawnLocked(); err != nil {
+		f.stdin = nil
+		return fmt.Errorf("%w: restarting it: %v", errWatchdog, err)
+	}
+	return nil
+}
+
+func (f *fenceWatchdog) sendLocked(line string) error {
+	if err := f.aliveLocked(); err != nil {
+		return err
 	}
 	if _, err := io.WriteString(f.stdin, line+"\n"); err != nil {
-		f.log.Warn("fence watchdog not reachable", zap.Error(err))
+		// It may have died just now: one restart, one more try.
+		select {
+		case <-f.exited:
+		case <-time.After(100 * time.Millisecond):
+		}
+		if err := f.aliveLocked(); err != nil {
+			return err
+		}
+		if _, err := io.WriteString(f.stdin, line+"\n"); err != nil {
+			return fmt.Errorf("%w: %v", errWatchdog, err)
+		}
 	}
+	return nil
 }
 
-// arm tells the watchdog to fence unless re-armed within d.
-func (f *fenceWatchdog) arm(d time.Duration) {
+// arm tells the watchdog to fence unless re-armed within d. A deadline
+// that is not positive cannot be armed (the lease is already over): that is
+// an error, never a silent no-op, and the caller must not lead.
+func (f *fenceWatchdog) arm(d time.Duration) error {
 	if d <= 0 {
-		return
+		return fmt.Errorf("%w: no time left on the lease (deadline %s)", errWatchdog, d.Round(time.Millisecond))
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.armed = true
-	f.mu.Unlock()
-	f.send("arm " + strconv.FormatInt(d.Milliseconds(), 10))
+	if f.inProcess {
+		return nil
+	}
+	return f.sendLocked("arm " + strconv.FormatInt(max(d.Milliseconds(), 1), 10))
 }
 
 func (f *fenceWatchdog) disarm() {
@@ -89,11 +144,28 @@ func (f *fenceWatchdog) disarm() {
 		return
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
 	was := f.armed
 	f.armed = false
-	f.mu.Unlock()
-	if was {
-		f.send("disarm")
+	if was && !f.inProcess {
+		if err := f.sendLocked("disarm"); err != nil {
+			f.log.Warn("could not disarm the fence watchdog", zap.Error(err))
+		}
+	}
+}
+
+// running reports whether the watchdog process runs.
+func (f *fenceWatchdog) running() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stdin == nil {
+		return false
+	}
+	select {
+	case <-f.exited:
+		return false
+	default:
+		return true
 	}
 }
 
@@ -122,6 +194,18 @@ func RunFenceWatchdog(dataDir string, in io.Reader, log *zap.Logger) error {
 	}()
 	var deadline *time.Timer
 	var expired <-chan time.Time
+	// tripped: the deadline passed and no new arm came. A postmaster that
+	// appears meanwhile (a start the frozen agent had begun, resumed) is
+	// aborted too: expiry while PostgreSQL was down must not leave the next
+	// start unguarded.
+	var tripped <-chan time.Time
+	var trippedTicker *time.Ticker
+	untrip := func() {
+		if trippedTicker != nil {
+			trippedTicker.Stop()
+		}
+		trippedTicker, tripped = nil, nil
+	}
 	disarm := func() {
 		if deadline != nil {
 			deadline.Stop()
@@ -132,7 +216,7 @@ func RunFenceWatchdog(dataDir string, in io.Reader, log *zap.Logger) error {
 		select {
 		case line, ok := <-lines:
 			if !ok {
-				if deadline != nil {
+				if deadline != nil || tripped != nil {
 					log.Warn("fence watchdog: agent gone while its primary was armed; stopping PostgreSQL")
 					abortPostmaster(dataDir, log)
 				}
@@ -142,31 +226,56 @@ func RunFenceWatchdog(dataDir string, in io.Reader, log *zap.Logger) error {
 			case strings.HasPrefix(line, "arm "):
 				ms, err := strconv.ParseInt(strings.TrimPrefix(line, "arm "), 10, 64)
 				if err != nil || ms <= 0 {
+					log.Warn("fence watchdog: ignoring a malformed arm request", zap.String("line", line))
 					continue
 				}
 				disarm()
+				untrip()
 				deadline = time.NewTimer(time.Duration(ms) * time.Millisecond)
 				expired = deadline.C
 			case line == "disarm":
 				disarm()
+				untrip()
 			}
 		case <-expired:
 			log.Warn("fence watchdog: lease ran out without renewal; stopping PostgreSQL")
 			abortPostmaster(dataDir, log)
 			disarm()
+			trippedTicker = time.NewTicker(50 * time.Millisecond)
+			tripped = trippedTicker.C
+		case <-tripped:
+			if postmasterAlive(dataDir) {
+				log.Warn("fence watchdog: a postmaster started after the lease ran out and before a new arm; stopping it")
+				abortPostmaster(dataDir, log)
+			}
 		}
 	}
+}
+
+// postmasterAlive reports whether dataDir's postmaster.pid names a live
+// process.
+func postmasterAlive(dataDir string) bool {
+	pid := postmasterPID(dataDir)
+	return pid > 1 && syscall.Kill(pid, 0) == nil
+}
+
+func postmasterPID(dataDir string) int {
+	data, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0]))
+	if err != nil {
+		return 0
+	}
+	return pid
 }
 
 // abortPostmaster sends SIGQUIT (PostgreSQL's immediate shutdown: every
 // backend exits at once), then SIGKILL if it is still there after 2s.
 func abortPostmaster(dataDir string, log *zap.Logger) {
-	data, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
-	if err != nil {
-		return
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0]))
-	if err != nil || pid <= 1 {
+	pid := postmasterPID(dataDir)
+	if pid <= 1 {
 		return
 	}
 	if err := syscall.Kill(pid, syscall.SIGQUIT); err != nil {

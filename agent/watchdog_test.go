@@ -82,3 +82,57 @@ func TestWatchdogFencesWhenTheAgentDiesArmed(t *testing.T) {
 		t.Fatal("watchdog did not fence when the agent died while armed")
 	}
 }
+
+// A deadline that passes while PostgreSQL is down must not leave the next
+// start unguarded: a postmaster that appears before a new arm is stopped.
+func TestWatchdogTrippedStopsALaterPostmaster(t *testing.T) {
+	dir := t.TempDir()
+	r, w := io.Pipe()
+	defer w.Close()
+	go RunFenceWatchdog(dir, r, zap.NewNop())
+	io.WriteString(w, "arm 100\n")
+	time.Sleep(300 * time.Millisecond) // expired with no postmaster
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	os.WriteFile(filepath.Join(dir, "postmaster.pid"), []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o600)
+	select {
+	case <-exited:
+	case <-time.After(3 * time.Second):
+		t.Fatal("a postmaster started after the deadline passed was left running")
+	}
+
+	// A new arm (a fresh lease) or a disarm (a replica start) clears it.
+	io.WriteString(w, "disarm\n")
+	time.Sleep(100 * time.Millisecond)
+	cmd2 := exec.Command("sleep", "60")
+	if err := cmd2.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited2 := make(chan struct{})
+	go func() { cmd2.Wait(); close(exited2) }()
+	t.Cleanup(func() { cmd2.Process.Kill() })
+	os.WriteFile(filepath.Join(dir, "postmaster.pid"), []byte(strconv.Itoa(cmd2.Process.Pid)+"\n"), 0o600)
+	select {
+	case <-exited2:
+		t.Fatal("a postmaster started after a disarm was stopped")
+	case <-time.After(500 * time.Millisecond):
+	}
+}
+
+// arm never silently accepts a deadline that is not positive.
+func TestWatchdogArmRefusesNonPositiveDeadline(t *testing.T) {
+	fw := &fenceWatchdog{log: zap.NewNop(), inProcess: true}
+	for _, d := range []time.Duration{0, -time.Second} {
+		if err := fw.arm(d); err == nil {
+			t.Fatalf("arm(%s) accepted", d)
+		}
+	}
+	if err := fw.arm(time.Second); err != nil {
+		t.Fatalf("arm(1s): %v", err)
+	}
+}

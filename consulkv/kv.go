@@ -116,6 +116,17 @@ func (c *Client) PutMember(ctx context.Context, group, session string, m *Member
 	return nil
 }
 
+// getPair reads one key consistently (nil when absent).
+func (c *Client) getPair(ctx context.Context, key string) (*api.KVPair, error) {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	p, _, err := c.api.KV().Get(key, c.qopts(ctx))
+	if err != nil {
+		return nil, classify("read "+key, err)
+	}
+	return p, nil
+}
+
 // DeleteMember removes a member key (used on clean shutdown).
 func (c *Client) DeleteMember(ctx context.Context, group, member string) error {
 	ctx, cancel := c.ctx(ctx)
@@ -178,6 +189,19 @@ func (v *ClusterView) GroupNames() []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// MemberSettings lists the published local settings of every member of
+// every group, for ClusterConfig.ValidateFor.
+func (v *ClusterView) MemberSettings() []MemberSettings {
+	var out []MemberSettings
+	for _, gn := range v.GroupNames() {
+		g := v.Groups[gn]
+		for _, mn := range g.MemberNames() {
+			out = append(out, MemberSettings{Member: mn, SessionChecks: g.Members[mn].SessionChecks})
+		}
+	}
+	return out
 }
 
 // DecodeGroup builds a GroupView from the pairs under GroupPrefix(group).

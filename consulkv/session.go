@@ -102,6 +102,18 @@ func (c *Client) DestroySession(ctx context.Context, id string) error {
 	return classify("destroy session", err)
 }
 
+// SessionInfo returns what Consul holds for session id (nil when it has
+// no such session), read consistently so a session just created is seen.
+func (c *Client) SessionInfo(ctx context.Context, id string) (*api.SessionEntry, error) {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	entry, _, err := c.api.Session().Info(id, c.qopts(ctx))
+	if err != nil {
+		return nil, classify("session info", err)
+	}
+	return entry, nil
+}
+
 // SessionExists reports whether Consul still has the session.
 func (c *Client) SessionExists(ctx context.Context, id string) (bool, error) {
 	ctx, cancel := c.ctx(ctx)

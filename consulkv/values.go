@@ -208,7 +208,13 @@ type MemberStatus struct {
 	PGVersion    int            `json:"pg_version,omitempty"`
 	AgentVersion string         `json:"agent_version,omitempty"`
 	Message      string         `json:"message,omitempty"`
-	UpdatedAt    time.Time      `json:"updated_at"`
+	// SessionChecks are the health checks the member ties its session to:
+	// the cluster config's safety rules depend on them (MemberSettings).
+	SessionChecks []string `json:"session_checks,omitempty"`
+	// ConfigProblem says why the member did not adopt the stored cluster
+	// config (it keeps running with the last good one); "" when adopted.
+	ConfigProblem string    `json:"config_problem,omitempty"`
+	UpdatedAt     time.Time `json:"updated_at"`
 }
 
 // LastLSN is the furthest WAL position the member has.
@@ -520,7 +526,7 @@ func (v *ClusterConfig) Validate() error {
 		return fmt.Errorf("retry_timeout %s: must be at least 100ms", c.RetryTimeout)
 	}
 	if c.LoopWait.D()+2*c.RetryTimeout.D() > c.TTL.D() {
-		return fmt.Errorf("timing rule broken: loop_wait (%s) + 2*retry_timeout (%s) must not exceed ttl (%s)", c.LoopWait, c.RetryTimeout, c.TTL)
+		return &UnsafeConfigError{Rule: RuleTiming, Err: fmt.Errorf("loop_wait (%s) + 2*retry_timeout (%s) must not exceed ttl (%s)", c.LoopWait, c.RetryTimeout, c.TTL)}
 	}
 	// The leader renews once per loop; its lease (LockOptions.LeaseDuration:
 	// ttl/2 minus a margin) must outlast a loop with room to spare, or the
@@ -528,7 +534,7 @@ func (v *ClusterConfig) Validate() error {
 	lease := LockOptions{TTL: c.TTL.D()}.LeaseDuration()
 	slack := min(max(200*time.Millisecond, lease/8), time.Second)
 	if c.LoopWait.D()+slack > lease {
-		return fmt.Errorf("loop_wait %s: must be at most %s for ttl %s (the leader's lease is ttl/2 minus a margin = %s, renewed once per loop)", c.LoopWait, lease-slack, c.TTL, lease)
+		return &UnsafeConfigError{Rule: RuleTiming, Err: fmt.Errorf("loop_wait %s: must be at most %s for ttl %s (the leader's lease is ttl/2 minus a margin = %s, renewed once per loop)", c.LoopWait, lease-slack, c.TTL, lease)}
 	}
 	if c.LockDelay.D() < 0 || c.LockDelay.D() > 60*time.Second {
 		return fmt.Errorf("lock_delay %s: must be between 0 and 60s", c.LockDelay)
@@ -561,6 +567,74 @@ func (v *ClusterConfig) Validate() error {
 	}
 	if _, ok := c.Parameters["synchronous_standby_names"]; ok && c.SyncMode() != SyncOff {
 		return fmt.Errorf("parameters: synchronous_standby_names is managed by pgmesh while synchronous_mode is %s", c.SyncMode())
+	}
+	return nil
+}
+
+// MemberSettings are the parts of one member's local configuration that
+// the cluster config's safety rules depend on. Members publish them in
+// their member key so `pgmesh config set` and PATCH /config can check a
+// change against every member, and each agent checks it again before it
+// adopts a config.
+type MemberSettings struct {
+	Member string `json:"-"`
+	// SessionChecks are the health checks the member ties its session to
+	// (consul.session_checks).
+	SessionChecks []string `json:"session_checks,omitempty"`
+}
+
+// Rule names, as given in the errors of ValidateFor and in the README.
+const (
+	RuleTiming                = "timing"
+	RuleSessionChecksLockWait = "session-checks-lock-delay"
+)
+
+// UnsafeConfigError is a cluster config that breaks a safety rule for a
+// member: adopting it could leave two writable primaries or fence a
+// healthy one.
+type UnsafeConfigError struct {
+	Rule   string
+	Member string // "" when the rule does not depend on a member
+	Err    error
+}
+
+func (e *UnsafeConfigError) Error() string {
+	if e.Member != "" {
+		return fmt.Sprintf("%s rule broken for member %s: %v", e.Rule, e.Member, e.Err)
+	}
+	return fmt.Sprintf("%s rule broken: %v", e.Rule, e.Err)
+}
+
+func (e *UnsafeConfigError) Unwrap() error { return e.Err }
+
+// SessionChecksLockDelay is the smallest lock_delay a member that ties its
+// session to health checks may run with: a failing check frees the lock at
+// once, so the old primary must be fenced within lock_delay of its last
+// confirmation, and its watchdog is re-armed once per loop (after at most
+// loop_wait + retry_timeout) with 0.5s to spare.
+func (c ClusterConfig) SessionChecksLockDelay() time.Duration {
+	c = c.WithDefaults()
+	return c.LoopWait.D() + c.RetryTimeout.D() + 500*time.Millisecond
+}
+
+// ValidateFor is the one validation of a cluster config: its own rules
+// (Validate) and the rules that involve the members' local settings. It
+// runs where a config is seeded, where it is changed (config set, PATCH
+// and PUT /config) and where an agent adopts it.
+func (c ClusterConfig) ValidateFor(members []MemberSettings) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	d := c.WithDefaults()
+	for _, m := range members {
+		if len(m.SessionChecks) == 0 {
+			continue
+		}
+		if need := d.SessionChecksLockDelay(); d.LockDelay.D() < need {
+			return &UnsafeConfigError{Rule: RuleSessionChecksLockWait, Member: m.Member, Err: fmt.Errorf(
+				"lock_delay %s: the member ties its session to health checks (%s), so lock_delay must be at least loop_wait + retry_timeout + 0.5s = %s",
+				d.LockDelay, strings.Join(m.SessionChecks, ", "), need)}
+		}
 	}
 	return nil
 }

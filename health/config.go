@@ -115,6 +115,11 @@ func (s *Server) handlePutConfig(w http.ResponseWriter, r *http.Request) {
 // casConfig writes cfg at index and answers unless the CAS lost a race.
 func (s *Server) casConfig(w http.ResponseWriter, r *http.Request, cfg *consulkv.ClusterConfig, index uint64) (done bool) {
 	ok, err := s.ctl.CASConfig(r.Context(), cfg, index)
+	var unsafe *consulkv.UnsafeConfigError
+	if errors.As(err, &unsafe) {
+		writeText(w, r, http.StatusBadRequest, "refusing an unsafe configuration, nothing written: "+unsafe.Error())
+		return true
+	}
 	if err != nil {
 		writeText(w, r, http.StatusServiceUnavailable, "cannot write the configuration to Consul: "+err.Error())
 		return true

@@ -44,6 +44,9 @@ type MemberState struct {
 	ConnURL        string
 	StartTime      time.Time // postmaster start time
 	Message        string    // last notable condition, e.g. why a start was refused
+	// ConfigProblem says why the stored cluster config was not adopted
+	// ("" when it was): the agent runs on the last good one meanwhile.
+	ConfigProblem string
 }
 
 // LagBytes is how far behind the leader's last published LSN the member is

@@ -47,6 +47,9 @@ type Status struct {
 	Leader string `json:"leader,omitempty"`
 	// Message is the agent's last notable condition (pgmesh addition).
 	Message string `json:"message,omitempty"`
+	// ConfigProblem: why the stored cluster config was not adopted
+	// (pgmesh addition; absent when it was).
+	ConfigProblem string `json:"config_problem,omitempty"`
 }
 
 // XLog is the member's WAL position: Location on a primary,
@@ -100,6 +103,7 @@ func NewStatus(st MemberState) Status {
 		Lag:             st.LagBytes(),
 		Leader:          st.LeaderName,
 		Message:         st.Message,
+		ConfigProblem:   st.ConfigProblem,
 	}
 	if s.State == "" {
 		s.State = "unknown"

@@ -192,6 +192,18 @@ func (i *Instance) Query(ctx context.Context, sql string, args ...any) ([]map[st
 	return out, nil
 }
 
+// Show returns the current value of a setting as a session sees it.
+func (i *Instance) Show(ctx context.Context, name string) (string, error) {
+	var v string
+	err := i.WithConn(ctx, func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v)
+	})
+	if err != nil {
+		return "", fmt.Errorf("show %s: %w", name, err)
+	}
+	return v, nil
+}
+
 // CheckpointIfPrimary runs CHECKPOINT on a primary and does nothing on a
 // replica. Before a switchover it shortens the demoted primary's shutdown
 // checkpoint; after a promotion it moves pg_control to the new timeline,

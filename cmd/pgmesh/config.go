@@ -329,6 +329,14 @@ func commitConfig(c *cli.Context, s *opConn, old *consulkv.ClusterConfig, next c
 	if err := next.Validate(); err != nil {
 		return failErr("invalid config, nothing written: %v", err)
 	}
+	// Some rules depend on members' local settings, which they publish.
+	cv, err := s.kv.ReadCluster(c.Context)
+	if err != nil {
+		return s.consulErr(err)
+	}
+	if err := next.ValidateFor(cv.MemberSettings()); err != nil {
+		return failErr("unsafe config, nothing written: %v", err)
+	}
 	oldYAML := ""
 	if old != nil {
 		oldYAML = configYAML(*old)
