@@ -87,6 +87,7 @@ var faults = []faultDef{
 	{name: "kv-chaos", ci: []string{"async"}, run: faultKVChaos},
 	{name: "switchover-storm", ci: []string{"sync"}, ciReps: 1, noLoss: true, run: faultSwitchoverStorm},
 	{name: "disk-full", run: faultDiskFull},
+	{name: "ttl-change-freeze", ci: []string{"async"}, run: faultTTLChangeFreeze},
 }
 
 // faultEnv is one group of three members, each reaching Consul through its
@@ -409,6 +410,42 @@ func faultFreezeAgent(r *rep) error {
 	err := waitNotWritable(a, fsLease+2*time.Second)
 	time.Sleep(time.Until(r.marks[0].Add(d)))
 	r.notef("froze agent of leader %s for %s", r.leader, d.Round(100*time.Millisecond))
+	if err != nil {
+		return fmt.Errorf("leader %s with a frozen agent still writable: %v", r.leader, err)
+	}
+	return nil
+}
+
+// The cluster's ttl is raised live (4s → 12s: session TTL 6s, lease 4.8s),
+// then the leader's agent is frozen beyond the new ttl; afterwards ttl goes
+// back to 4s. The lease must follow the session Consul holds: before the
+// fix the old session (TTL 2s) was freed ~4s after the last renew while
+// the lease had grown, and two members were writable for seconds.
+func faultTTLChangeFreeze(r *rep) error {
+	g := r.e.g
+	p := newPgmeshCLI(r.t, r.e.c.HTTPAddr, "itest")
+	if res := p.run("config", "set", "ttl=12s", "--force"); res.code != 0 {
+		return fmt.Errorf("config set ttl=12s: %s", res)
+	}
+	defer func() {
+		if res := p.run("config", "set", "ttl="+fsTTL.String(), "--force"); res.code != 0 {
+			r.t.Errorf("config set ttl back: %s", res)
+		}
+		if err := sessionsRolled(g, fsTTL/2, time.Millisecond, 60*time.Second); err != nil {
+			r.t.Errorf("after restoring ttl: %v", err)
+		}
+	}()
+	if err := sessionsRolled(g, 6*time.Second, time.Millisecond, 30*time.Second); err != nil {
+		return err
+	}
+	d := r.dur(12*time.Second+time.Second, 20*time.Second)
+	a := g.members[r.leader]
+	r.mark()
+	a.Signal(syscall.SIGSTOP)
+	defer a.Signal(syscall.SIGCONT)
+	err := waitNotWritable(a, 4800*time.Millisecond+2*time.Second)
+	time.Sleep(time.Until(r.marks[0].Add(d)))
+	r.notef("ttl 4s→12s, froze agent of leader %s for %s", r.leader, d.Round(100*time.Millisecond))
 	if err != nil {
 		return fmt.Errorf("leader %s with a frozen agent still writable: %v", r.leader, err)
 	}

@@ -158,7 +158,9 @@ type memberStatus struct {
 	Tags     map[string]string `json:"tags,omitempty" yaml:"tags,omitempty"`
 	APIURL   string            `json:"api_url,omitempty" yaml:"api_url,omitempty"`
 	Message  string            `json:"message,omitempty" yaml:"message,omitempty"`
-	Updated  time.Time         `json:"updated_at" yaml:"updated_at"`
+	// ConfigProblem: why the member runs on an older cluster config.
+	ConfigProblem string    `json:"config_problem,omitempty" yaml:"config_problem,omitempty"`
+	Updated       time.Time `json:"updated_at" yaml:"updated_at"`
 }
 
 type pendingSwitch struct {
@@ -238,7 +240,7 @@ func buildGroup(g *consulkv.GroupView, paused bool) groupStatus {
 		ms := memberStatus{
 			Name: n, Host: m.Host, Port: m.Port, State: m.State, Timeline: m.Timeline,
 			WriteLSN: formatLSN(m.WriteLSN), ReceiveLSN: formatLSN(m.ReceiveLSN), ReplayLSN: formatLSN(m.ReplayLSN),
-			Tags: tagMap(m.Tags), APIURL: m.APIURL, Message: m.Message, Updated: m.UpdatedAt,
+			Tags: tagMap(m.Tags), APIURL: m.APIURL, Message: m.Message, ConfigProblem: m.ConfigProblem, Updated: m.UpdatedAt,
 		}
 		switch {
 		case n == leader:
@@ -418,6 +420,11 @@ func footer(doc statusDoc) []string {
 		}
 		if g.Leader == "" && len(g.Members) > 0 {
 			out = append(out, fmt.Sprintf("Group %s has no leader.", g.Name))
+		}
+		for _, m := range g.Members {
+			if m.ConfigProblem != "" {
+				out = append(out, fmt.Sprintf("Member %s: %s", m.Name, m.ConfigProblem))
+			}
 		}
 		if p := g.Pending; p != nil {
 			what := "Switchover"

@@ -77,6 +77,8 @@ type AgentSpec struct {
 	Host  string
 	// BinDir is the PostgreSQL bin directory (default PostgresBinDir()).
 	BinDir string
+	// Env is added to the agent's environment (e.g. PGMESH_FAULT_POINT).
+	Env []string
 }
 
 func (s AgentSpec) binDir() string {
@@ -191,6 +193,9 @@ func (a *Agent) Start() {
 		// setpriv switches the user inside the namespace; no Credential.
 		cmd = a.Spec.Netns.Command(u, a.bin, "agent", a.CfgPath)
 		cmd.Stdout, cmd.Stderr = logf, logf
+	}
+	if len(a.Spec.Env) > 0 {
+		cmd.Env = append(os.Environ(), a.Spec.Env...)
 	}
 	if cmd.SysProcAttr == nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{}
