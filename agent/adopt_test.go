@@ -32,7 +32,10 @@ func TestAdoptConfig(t *testing.T) {
 		{name: "0.2s < lock_delay < loop_wait with session checks: not adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(500 * time.Millisecond) }), member: checks, problem: "at least loop_wait + retry_timeout + 0.5s = 3.5s"},
 		{name: "lock_delay just below loop_wait + retry_timeout + 0.5s: not adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(3499 * time.Millisecond) }), member: checks, problem: "session-checks-lock-delay"},
 		{name: "lock_delay exactly loop_wait + retry_timeout + 0.5s: adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(3500 * time.Millisecond) }), member: checks, adopt: true},
-		{name: "raising loop_wait makes the stored lock_delay unsafe", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(3500 * time.Millisecond); c.LoopWait = dur(2 * time.Second) }), member: checks, problem: "4.5s"},
+		{name: "raising loop_wait makes the stored lock_delay unsafe", stored: with(func(c *consulkv.ClusterConfig) {
+			c.LockDelay = dur(3500 * time.Millisecond)
+			c.LoopWait = dur(2 * time.Second)
+		}), member: checks, problem: "4.5s"},
 		{name: "loop_wait beyond the lease: not adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LoopWait = dur(5 * time.Second) }), member: plain, problem: "timing rule broken"},
 		{name: "unreadable config: not adopted, key named", readErr: &consulkv.DecodeError{Key: "pgmesh/c/config", Err: errors.New("invalid JSON")}, member: plain, problem: "pgmesh/c/config"},
 		{name: "Consul unreachable: nothing to adopt, no problem", readErr: consulkv.ErrUnreachable, member: plain},
