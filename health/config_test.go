@@ -252,3 +252,22 @@ func FuzzPatchConfig(f *testing.F) {
 		}
 	})
 }
+
+// A config that breaks a rule depending on a member's settings is refused
+// with 400 naming the rule and the member, and nothing is written.
+func TestPatchConfigRefusesUnsafeForAMember(t *testing.T) {
+	f := &fakeCtl{cfg: baseConfig(), cfgIndex: 10, members: []consulkv.MemberSettings{{Member: "n1-b", SessionChecks: []string{"liveness"}}}}
+	h := newTestServer(f, Options{}).Handler()
+	for _, patch := range []string{`{"lock_delay":"1s"}`, `{"lock_delay":"500ms"}`} {
+		code, body, _ := do(t, h, http.MethodPatch, "/config", patch)
+		if code != 400 || !strings.Contains(body, "session-checks-lock-delay rule broken for member n1-b") || !strings.Contains(body, "nothing written") {
+			t.Fatalf("PATCH %s = %d %q", patch, code, body)
+		}
+		if f.cfgIndex != 10 {
+			t.Fatal("config written")
+		}
+	}
+	if code, body, _ := do(t, h, http.MethodPatch, "/config", `{"lock_delay":"16s"}`); code != 200 {
+		t.Fatalf("a safe lock_delay was refused: %d %s", code, body)
+	}
+}

@@ -18,6 +18,9 @@ import (
 type fakeCtl struct {
 	mu sync.Mutex
 
+	// members' published settings, checked by CASConfig as the agent does.
+	members []consulkv.MemberSettings
+
 	state      MemberState
 	statePanic bool
 
@@ -127,6 +130,9 @@ func (f *fakeCtl) CASConfig(_ context.Context, cfg *consulkv.ClusterConfig, inde
 		return false, nil
 	}
 	if _, err := consulkv.Encode(cfg); err != nil {
+		return false, err
+	}
+	if err := cfg.ValidateFor(f.members); err != nil {
 		return false, err
 	}
 	f.cfg = cloneConfig(cfg)
