@@ -521,7 +521,8 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, g *consulkv.GroupView) e
 	if err := a.manageSync(ctx, g, st); err != nil {
 		a.log.Warn("managing synchronous replication failed", zap.Error(err))
 	}
-	a.manageStandbySlots(ctx, g, st) // PostgreSQL 17+ only (logical.go)
+	a.manageStandbySlots(ctx, g, st)      // PostgreSQL 17+ only (logical.go)
+	a.manageSpockStandbySlots(ctx, g, st) // Spock on PostgreSQL 15/16 (spock.go)
 	if g != nil {
 		now := time.Now()
 		for name := range g.Members {

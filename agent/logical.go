@@ -230,6 +230,9 @@ func (a *Agent) spockSubscriptions(ctx context.Context) []consulkv.SubscriptionS
 // them), present ones are advanced to the leader's published position. It
 // returns whether every leader slot has a current copy.
 func (a *Agent) syncLogicalSlots(ctx context.Context, g *consulkv.GroupView, local Local) bool {
+	if a.spockSlotWorker() {
+		return a.syncSpockSlots(ctx, g, local)
+	}
 	if a.nativeFailoverSlots() {
 		// PostgreSQL 17+: the slot sync worker keeps the slots; no copies.
 		a.copiedSlots = nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -166,8 +167,28 @@ func (c Config) settingsFor(role Role, follow *FollowTarget, major int) []settin
 		if slotSync {
 			s = append(s, setting{"sync_replication_slots", "on"})
 		}
+		if c.SpockSlotWorker && major < 17 {
+			// Spock's failover-slot worker (PostgreSQL 15/16) reads the
+			// leader's slots over a plain connection to a database.
+			dsn := ConnInfo{Host: follow.Host, Port: follow.Port, User: c.Superuser.User, DBName: "postgres",
+				AppName: c.Name + "-spock-slots", ConnectTimeout: replicaConnectTimeout, Passfile: c.passfilePath()}
+			s = append(s, setting{"spock.primary_dsn", dsn.String()})
+		}
 	}
 	return s
+}
+
+// PassfileName is the libpq password file pgmesh keeps in the data
+// directory for connections whose string must not hold the password
+// (Spock logs its DSNs on connection errors).
+const PassfileName = "pgmesh.pgpass"
+
+func (c Config) passfilePath() string { return filepath.Join(c.DataDir, PassfileName) }
+
+// renderPassfile is the superuser's entry for any host, port and database.
+func renderPassfile(c Config) []byte {
+	esc := strings.NewReplacer(`\`, `\\`, `:`, `\:`)
+	return []byte("# Managed by pgmesh.\n*:*:*:" + esc.Replace(c.Superuser.User) + ":" + esc.Replace(c.Superuser.Password) + "\n")
 }
 
 // renderConf renders the managed configuration file.
@@ -383,6 +404,12 @@ func (i *Instance) WriteConfig(role Role, follow *FollowTarget) (changed, restar
 		// some of them are restart-only.
 		changed, restartNeeded = true, true
 		changedWhat = append(changedWhat, mainConfFile)
+	}
+
+	if i.cfg.SpockSlotWorker {
+		if _, err := i.writeFileAtomic(i.cfg.passfilePath(), renderPassfile(i.cfg), 0o600); err != nil {
+			return changed, restartNeeded, fmt.Errorf("write config: %w", err)
+		}
 	}
 
 	// Client authentication: always reloadable.

@@ -60,6 +60,12 @@ type Config struct {
 	// (PostgreSQL refuses to run as root). Ignored when not root: then
 	// everything runs as the agent's own user.
 	OSUser string
+	// SpockSlotWorker configures Spock's failover-slot worker on a replica
+	// of PostgreSQL 15/16 (replication profile spock): spock.primary_dsn
+	// points at the leader with the superuser and a passfile, because the
+	// worker's fallback (primary_conninfo) carries a masked password and
+	// never authenticates.
+	SpockSlotWorker bool
 }
 
 // ConfigError reports an invalid Config field.

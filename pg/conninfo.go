@@ -18,6 +18,9 @@ type ConnInfo struct {
 	// ConnectTimeout in seconds; 0 leaves libpq's default (wait forever),
 	// which is never what an HA agent wants for a dead peer.
 	ConnectTimeout int
+	// Passfile is a libpq password file to read the password from, for
+	// connection strings that must not carry it (they end up in logs).
+	Passfile string
 }
 
 // String renders the connection string. Every value is single-quoted with
@@ -67,6 +70,7 @@ func (c ConnInfo) render(withPassword bool) string {
 	if c.ConnectTimeout > 0 {
 		add("connect_timeout", strconv.Itoa(c.ConnectTimeout))
 	}
+	add("passfile", c.Passfile)
 	return b.String()
 }
 

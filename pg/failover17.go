@@ -111,22 +111,31 @@ func (i *Instance) LogicalSlots17(ctx context.Context) ([]LogicalSlot17, error) 
 // change it. The current value is read first, so calling it every loop
 // reloads only on a change. An empty value resets the setting.
 func (i *Instance) SetStandbySlots(ctx context.Context, value string) (bool, error) {
+	return i.SetSystemSetting(ctx, "synchronized_standby_slots", value)
+}
+
+// SetSystemSetting makes a reloadable setting's value in the running
+// server name = value (ALTER SYSTEM, then a reload) and reports whether it
+// had to change it; an empty value resets it. The current value is read
+// first, so calling it every loop reloads only on a change. value must be
+// a list of plain names (slot names, [a-z0-9_,]): it is quoted as a literal.
+func (i *Instance) SetSystemSetting(ctx context.Context, name, value string) (bool, error) {
 	changed := false
 	err := i.WithConn(ctx, func(c *pgx.Conn) error {
 		var cur string
-		if err := c.QueryRow(ctx, "SELECT current_setting('synchronized_standby_slots')").Scan(&cur); err != nil {
+		if err := c.QueryRow(ctx, "SELECT coalesce(current_setting($1, true), '')", name).Scan(&cur); err != nil {
 			return err
 		}
 		if cur == value {
 			return nil
 		}
+		ident := pgx.Identifier(strings.Split(name, ".")).Sanitize()
 		var sql string
 		if value == "" {
-			sql = "ALTER SYSTEM RESET synchronized_standby_slots"
+			sql = "ALTER SYSTEM RESET " + ident
 		} else {
-			// ALTER SYSTEM takes no parameters; the value is a list of slot
-			// names ([a-z0-9_]) joined by commas, quoted as a literal.
-			sql = "ALTER SYSTEM SET synchronized_standby_slots = '" + strings.ReplaceAll(value, "'", "''") + "'"
+			// ALTER SYSTEM takes no parameters.
+			sql = "ALTER SYSTEM SET " + ident + " = '" + strings.ReplaceAll(value, "'", "''") + "'"
 		}
 		if _, err := c.Exec(ctx, sql); err != nil {
 			return err
@@ -135,11 +144,11 @@ func (i *Instance) SetStandbySlots(ctx context.Context, value string) (bool, err
 			return err
 		}
 		changed = true
-		i.log.Debug("set synchronized_standby_slots", zap.String("from", cur), zap.String("to", value))
+		i.log.Debug("changed a setting", zap.String("name", name), zap.String("from", cur), zap.String("to", value))
 		return nil
 	})
 	if err != nil {
-		return false, fmt.Errorf("set synchronized_standby_slots to %q: %w", value, err)
+		return false, fmt.Errorf("set %s to %q: %w", name, value, err)
 	}
 	return changed, nil
 }

@@ -61,3 +61,34 @@ func TestUnitRenderConfPG17(t *testing.T) {
 		t.Fatalf("wal_level replica: no slot sync: %v", r)
 	}
 }
+
+// Spock's failover-slot worker (PostgreSQL 15/16) gets a DSN to the leader
+// that authenticates through a passfile, on replicas only.
+func TestSpockSlotWorkerSettings(t *testing.T) {
+	c := Config{Name: "n1-b", DataDir: "/data/n1-b", ListenAddr: "127.0.0.1", Port: 5433,
+		Superuser:       Credentials{User: "postgres", Password: `se:cr\et`},
+		Replication:     Credentials{User: "replicator", Password: "r"},
+		SpockSlotWorker: true}
+	follow := &FollowTarget{Host: "10.0.0.1", Port: 5432, SlotName: "pgmesh_n1_b"}
+	r15 := parseManagedConf(renderConfFor(c, Replica, follow, 15))
+	want := "host='10.0.0.1' port='5432' user='postgres' dbname='postgres' application_name='n1-b-spock-slots' connect_timeout='5' passfile='/data/n1-b/pgmesh.pgpass'"
+	if r15["spock.primary_dsn"] != want {
+		t.Fatalf("spock.primary_dsn = %q\nwant %q", r15["spock.primary_dsn"], want)
+	}
+	if strings.Contains(r15["spock.primary_dsn"], "cr") {
+		t.Fatal("the password leaked into spock.primary_dsn")
+	}
+	if p := parseManagedConf(renderConfFor(c, Primary, nil, 15)); p["spock.primary_dsn"] != "" {
+		t.Fatalf("primary renders spock.primary_dsn %q", p["spock.primary_dsn"])
+	}
+	if r := parseManagedConf(renderConfFor(c, Replica, follow, 17)); r["spock.primary_dsn"] != "" {
+		t.Fatalf("PostgreSQL 17 renders spock.primary_dsn %q (native slot sync instead)", r["spock.primary_dsn"])
+	}
+	c.SpockSlotWorker = false
+	if r := parseManagedConf(renderConfFor(c, Replica, follow, 15)); r["spock.primary_dsn"] != "" {
+		t.Fatal("native profile renders spock.primary_dsn")
+	}
+	if got := string(renderPassfile(Config{Superuser: Credentials{User: "post:gres", Password: `se:cr\et`}})); !strings.Contains(got, `*:*:*:post\:gres:se\:cr\\et`+"\n") {
+		t.Fatalf("passfile %q", got)
+	}
+}

@@ -56,6 +56,8 @@ type ReplicationSlot struct {
 	RestartLSN LSN    `json:"restart_lsn"`
 	// WALStatus is "reserved", "extended", "unreserved" or "lost".
 	WALStatus string `json:"wal_status,omitempty"`
+	// ConfirmedFlush of a logical slot (0 for physical ones).
+	ConfirmedFlush LSN `json:"confirmed_flush_lsn,omitempty"`
 }
 
 // ownsSlot is the ownership rule: pgmesh manages a slot only if it is
@@ -117,7 +119,7 @@ func (i *Instance) ReplicationSlots(ctx context.Context) ([]ReplicationSlot, err
 
 func listSlots(ctx context.Context, c *pgx.Conn) ([]ReplicationSlot, error) {
 	rows, err := c.Query(ctx, `SELECT slot_name, slot_type, COALESCE(plugin, ''), COALESCE(database, ''),
-		active, COALESCE(restart_lsn, '0/0')::text, COALESCE(wal_status, '')
+		active, COALESCE(restart_lsn, '0/0')::text, COALESCE(wal_status, ''), COALESCE(confirmed_flush_lsn, '0/0')::text
 		FROM pg_replication_slots ORDER BY slot_name`)
 	if err != nil {
 		return nil, err
@@ -126,13 +128,16 @@ func listSlots(ctx context.Context, c *pgx.Conn) ([]ReplicationSlot, error) {
 	var slots []ReplicationSlot
 	for rows.Next() {
 		var (
-			s       ReplicationSlot
-			restart string
+			s                  ReplicationSlot
+			restart, confirmed string
 		)
-		if err := rows.Scan(&s.Name, &s.Type, &s.Plugin, &s.Database, &s.Active, &restart, &s.WALStatus); err != nil {
+		if err := rows.Scan(&s.Name, &s.Type, &s.Plugin, &s.Database, &s.Active, &restart, &s.WALStatus, &confirmed); err != nil {
 			return nil, err
 		}
 		if s.RestartLSN, err = ParseLSN(restart); err != nil {
+			return nil, err
+		}
+		if s.ConfirmedFlush, err = ParseLSN(confirmed); err != nil {
 			return nil, err
 		}
 		slots = append(slots, s)
