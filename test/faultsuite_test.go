@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/test/testbed"
 )
 
@@ -424,6 +425,22 @@ func faultFreezeAgent(r *rep) error {
 func faultTTLChangeFreeze(r *rep) error {
 	g := r.e.g
 	p := newPgmeshCLI(r.t, r.e.c.HTTPAddr, "itest")
+	// kv-chaos may have left garbage in the config key (the agents run on
+	// their last good config meanwhile): store the suite's config again.
+	if _, idx, err := g.kv.ReadConfig(context.Background()); err != nil {
+		var de *consulkv.DecodeError
+		if !errors.As(err, &de) {
+			return fmt.Errorf("read config: %v", err)
+		}
+		cfg := consulkv.ClusterConfig{Version: consulkv.ValueVersion, TTL: consulkv.Duration(fsTTL), LoopWait: consulkv.Duration(time.Second), RetryTimeout: consulkv.Duration(1500 * time.Millisecond)}
+		if r.e.mode == "sync" {
+			cfg.SynchronousMode, cfg.SynchronousNodeCount = consulkv.SyncOn, 1
+		}
+		if ok, err := g.kv.CAS(context.Background(), g.kv.ConfigKey(), &cfg, idx); err != nil || !ok {
+			return fmt.Errorf("restore the config key after kv-chaos: %v %v", ok, err)
+		}
+		r.notef("restored the config key kv-chaos had garbled")
+	}
 	if res := p.run("config", "set", "ttl=12s", "--force"); res.code != 0 {
 		return fmt.Errorf("config set ttl=12s: %s", res)
 	}

@@ -89,6 +89,37 @@ func Postgres17BinDir(t testing.TB) string {
 	return dir
 }
 
+// SpockBinDir is the PostgreSQL 15 + Spock kit scripts/setup builds
+// (.cache/pg15spock/bin; $PGMESH_SPOCK_BINDIR overrides it). Without the
+// Spock source (../shared/spock, or $PGMESH_SPOCK_SRC) there is no kit and
+// the test is skipped with that reason; with the source but no kit it fails
+// with what to run.
+func SpockBinDir(t testing.TB) string {
+	t.Helper()
+	dir := os.Getenv("PGMESH_SPOCK_BINDIR")
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dir == "" {
+		dir = filepath.Join(root, ".cache", "pg15spock", "bin")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
+		src := os.Getenv("PGMESH_SPOCK_SRC")
+		if src == "" {
+			src = filepath.Join(filepath.Dir(root), "shared", "spock", "spock-5.0.11.tar.gz")
+		}
+		if _, serr := os.Stat(src); serr != nil {
+			t.Skipf("no Spock source at %s (set PGMESH_SPOCK_SRC): no Spock kit, Spock tests skipped", src)
+		}
+		t.Fatalf("testbed: the Spock kit is missing (%v) although its source is at %s; run scripts/setup", err, src)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "..", "lib", "postgresql", "spock.so")); err != nil {
+		t.Fatalf("testbed: the Spock kit at %s has no spock.so (%v); run scripts/setup", dir, err)
+	}
+	return dir
+}
+
 // OSUser is the unprivileged account PostgreSQL runs as. It is empty when the
 // tests do not run as root, in which case everything runs as the caller.
 type OSUser struct {

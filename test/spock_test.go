@@ -1,0 +1,451 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pgmesh/pgmesh/test/testbed"
+)
+
+// The Spock tests run real pgEdge Spock 5.0.11 on PostgreSQL 15 with Spock's
+// patches (the kit scripts/setup builds): two groups of two members, Spock
+// nodes and subscriptions both ways through multi-host DSNs, a writer on
+// every group, and faults. What they assert: every acknowledged row of each
+// group on the other exactly once (primary key + checksum), no row on a
+// subscriber that the publishing group's current primary lacks (Spock's
+// walsenders wait for the promotable standby: spock.pg_standby_slot_names),
+// both subscriptions back to replicating, old primaries rejoined, and no
+// repeating errors of Spock's workers in any PostgreSQL log.
+
+// spockMesh is two Spock groups replicating to each other.
+type spockMesh struct {
+	t      *testing.T
+	c      *testbed.Consul
+	groups []*group
+}
+
+func startSpockMesh(t *testing.T, mode string) *spockMesh {
+	bin := testbed.SpockBinDir(t)
+	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	dcs := "replication: spock"
+	if mode == "sync" {
+		dcs += "\nsynchronous_mode: on"
+	}
+	m := &spockMesh{t: t, c: c}
+	for _, name := range []string{"sa", "sb"} {
+		m.groups = append(m.groups, startGroup(t, c, name, 2, nil, func(s *testbed.AgentSpec) { s.BinDir, s.DCSExtra = bin, dcs }))
+	}
+	ctx := context.Background()
+	for _, g := range m.groups {
+		l := g.waitHealthy(120 * time.Second)
+		for _, sql := range []string{
+			"CREATE EXTENSION spock",
+			"CREATE TABLE spk(id bigint PRIMARY KEY, origin text NOT NULL, v int NOT NULL DEFAULT 0)",
+			fmt.Sprintf("SELECT spock.node_create('%s', '%s')", g.name, multiHostDSN(g)),
+			"SELECT spock.repset_add_table('default', 'spk')",
+		} {
+			if err := g.members[l].Exec(ctx, sql); err != nil {
+				t.Fatalf("%s on %s: %v", sql, l, err)
+			}
+		}
+	}
+	for i, g := range m.groups {
+		other := m.groups[1-i]
+		l, _ := g.leader()
+		sql := fmt.Sprintf("SELECT spock.sub_create('%s', '%s')", subName(g, other), multiHostDSN(other))
+		if err := g.members[l].Exec(ctx, sql); err != nil {
+			t.Fatalf("%s on %s: %v", sql, l, err)
+		}
+	}
+	m.waitReplicating(60 * time.Second)
+	return m
+}
+
+// subName is the subscription on g that consumes from provider.
+func subName(g, provider *group) string { return "sub_" + g.name + "_from_" + provider.name }
+
+// waitReplicating waits until both subscriptions report replicating on
+// their group's current primary, and returns how long that took.
+func (m *spockMesh) waitReplicating(within time.Duration) time.Duration {
+	start := time.Now()
+	for i, g := range m.groups {
+		sub := subName(g, m.groups[1-i])
+		testbed.Eventually(m.t, within, "Spock subscription "+sub+" replicating", func() error {
+			l := g.writableMember(m.t)
+			var status string
+			err := withConn(g, l, func(c *pgx.Conn) error {
+				return c.QueryRow(context.Background(), "SELECT status FROM spock.sub_show_status($1)", sub).Scan(&status)
+			})
+			if err != nil || status != "replicating" {
+				return fmt.Errorf("%s on %s: %q %v", sub, l, status, err)
+			}
+			return nil
+		})
+	}
+	return time.Since(start)
+}
+
+func withConn(g *group, m string, f func(*pgx.Conn) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := g.members[m].Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	return f(c)
+}
+
+// spockWriter inserts rows through the group's multi-host DSN (libpq finds
+// the writable member), one autocommit insert at a time, and records the
+// ids the server acknowledged.
+type spockWriter struct {
+	g      *group
+	mu     sync.Mutex
+	acked  []int64
+	stop   chan struct{}
+	done   chan struct{}
+	lastAt time.Time
+}
+
+func startSpockWriter(g *group, base int64) *spockWriter {
+	w := &spockWriter{g: g, stop: make(chan struct{}), done: make(chan struct{})}
+	dsn := strings.ReplaceAll(multiHostDSN(g), "''", "'")
+	go func() {
+		defer close(w.done)
+		id := base
+		var c *pgx.Conn
+		defer func() {
+			if c != nil {
+				c.Close(context.Background())
+			}
+		}()
+		for {
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			if c == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				var err error
+				c, err = pgx.Connect(ctx, dsn)
+				cancel()
+				if err != nil {
+					c = nil
+					time.Sleep(50 * time.Millisecond)
+					continue
+				}
+			}
+			id++
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			_, err := c.Exec(ctx, "INSERT INTO spk(id, origin) VALUES ($1, $2)", id, g.name)
+			cancel()
+			if err != nil {
+				c.Close(context.Background())
+				c = nil
+				continue
+			}
+			w.mu.Lock()
+			w.acked = append(w.acked, id)
+			w.lastAt = time.Now()
+			w.mu.Unlock()
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	return w
+}
+
+func (w *spockWriter) count() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.acked) }
+
+func (w *spockWriter) finish() []int64 {
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]int64(nil), w.acked...)
+}
+
+// rowsOf returns id → v of the rows of origin on member m.
+func rowsOf(g *group, m, origin string) (map[int64]int, error) {
+	out := map[int64]int{}
+	err := withConn(g, m, func(c *pgx.Conn) error {
+		rows, err := c.Query(context.Background(), "SELECT id, v FROM spk WHERE origin = $1", origin)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id int64
+			var v int
+			if err := rows.Scan(&id, &v); err != nil {
+				return err
+			}
+			out[id] = v
+		}
+		return rows.Err()
+	})
+	return out, err
+}
+
+// checkConverged waits until each group's rows on its current primary are
+// on the other group's primary with the same values, and checks the
+// acknowledged rows: lost ones (absent on the publishing group's primary)
+// are returned, rows a subscriber has that the publisher lacks fail the
+// test.
+func (m *spockMesh) checkConverged(acked map[string][]int64) (lost map[string][]int64) {
+	lost = map[string][]int64{}
+	for i, g := range m.groups {
+		other := m.groups[1-i]
+		var src, dst map[int64]int
+		testbed.Eventually(m.t, 60*time.Second, "rows of "+g.name+" converge on "+other.name, func() error {
+			lg, lo := g.writableMember(m.t), other.writableMember(m.t)
+			var err error
+			if src, err = rowsOf(g, lg, g.name); err != nil {
+				return err
+			}
+			if dst, err = rowsOf(other, lo, g.name); err != nil {
+				return err
+			}
+			for id, v := range src {
+				if dv, ok := dst[id]; !ok || dv != v {
+					return fmt.Errorf("row %d of %s: %v on %s, missing or different on %s", id, g.name, v, lg, lo)
+				}
+			}
+			return nil
+		})
+		var extra []int64
+		for id := range dst {
+			if _, ok := src[id]; !ok {
+				extra = append(extra, id)
+			}
+		}
+		if len(extra) > 0 {
+			sort.Slice(extra, func(a, b int) bool { return extra[a] < extra[b] })
+			m.t.Errorf("%d rows of %s reached %s but are not on %s's primary (a subscriber applied a change the promoted standby lacked): %v", len(extra), g.name, other.name, g.name, extra)
+		}
+		for _, id := range acked[g.name] {
+			if _, ok := src[id]; !ok {
+				lost[g.name] = append(lost[g.name], id)
+			}
+		}
+		var sum, dsum int64
+		for id, v := range src {
+			sum += id*31 + int64(v)
+			dsum += id*31 + int64(dst[id])
+		}
+		if sum != dsum {
+			m.t.Errorf("checksum of %s's rows: %d on %s, %d on %s", g.name, sum, g.name, dsum, other.name)
+		}
+		m.t.Logf("%s: %d rows on its primary, all on %s with the same values (checksum %d); %d acknowledged, %d lost", g.name, len(src), other.name, sum, len(acked[g.name]), len(lost[g.name]))
+	}
+	return lost
+}
+
+// spockLogProblems lists repeating errors of Spock's workers and failed
+// authentications in every member's PostgreSQL log.
+func (m *spockMesh) spockLogProblems() []string {
+	re := regexp.MustCompile(`(ERROR|FATAL):\s+(.*)`)
+	var out []string
+	for _, g := range m.groups {
+		for _, name := range g.order {
+			data, err := os.ReadFile(g.members[name].DataDir + ".log")
+			if err != nil {
+				continue
+			}
+			counts := map[string]int{}
+			for _, line := range strings.Split(string(data), "\n") {
+				if strings.Contains(line, "password authentication failed") {
+					counts["password authentication failed"]++
+				}
+				if mm := re.FindStringSubmatch(line); mm != nil && strings.Contains(strings.ToLower(line), "spock") {
+					counts[mm[2]]++
+				}
+			}
+			for msg, n := range counts {
+				if n > 3 || strings.Contains(msg, "password authentication failed") {
+					out = append(out, fmt.Sprintf("%s: %dx %s", name, n, msg))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// TestSpockMesh: kill -9 of a group's primary host, a switchover, and the
+// same row updated on both groups around a failover, under write load on
+// both groups (asynchronous replication inside the groups).
+func TestSpockMesh(t *testing.T) {
+	m := startSpockMesh(t, "async")
+	sa, sb := m.groups[0], m.groups[1]
+	ctx := context.Background()
+
+	// Spock's failover-slot worker, configured by pgmesh, syncs sa's slot
+	// (consumed by sb) to sa's standby, and the leader holds Spock's
+	// walsenders back for that standby.
+	la, _ := sa.leader()
+	standby := sa.order[0]
+	if standby == la {
+		standby = sa.order[1]
+	}
+	testbed.Eventually(t, 60*time.Second, "sa's standby reports the slots Spock synced as ready", func() error {
+		v, err := sa.kv.ReadGroup(ctx, "sa")
+		if err != nil {
+			return err
+		}
+		if v.Status == nil || len(v.Status.LogicalSlots) == 0 {
+			return errors.New("leader publishes no logical slots")
+		}
+		if mk := v.Members[standby]; mk == nil || !mk.LogicalSlotsReady {
+			return fmt.Errorf("%s not ready", standby)
+		}
+		return nil
+	})
+	var standbySlots string
+	withConn(sa, la, func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, "SELECT current_setting('spock.pg_standby_slot_names')").Scan(&standbySlots)
+	})
+	if standbySlots != "pgmesh_"+strings.ReplaceAll(standby, "-", "_") {
+		t.Fatalf("spock.pg_standby_slot_names on the leader = %q, want %s's physical slot", standbySlots, standby)
+	}
+
+	wa, wb := startSpockWriter(sa, 1_000_000_000), startSpockWriter(sb, 2_000_000_000)
+	testbed.Eventually(t, 30*time.Second, "both writers acknowledged writes", func() error {
+		if wa.count() < 50 || wb.count() < 50 {
+			return fmt.Errorf("acked %d / %d", wa.count(), wb.count())
+		}
+		return nil
+	})
+
+	// 1. kill -9 of sa's primary host.
+	killed := time.Now()
+	sa.members[la].KillHost()
+	newA := sa.waitNewLeader(la, 60*time.Second)
+	promoted := time.Since(killed)
+	marker := int64(3_000_000_001)
+	if err := sa.members[newA].Exec(ctx, "INSERT INTO spk(id, origin) VALUES ($1, 'sa')", marker); err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 60*time.Second, "a row written on sa after the failover reaches sb", func() error {
+		rows, err := rowsOf(sb, sb.writableMember(t), "sa")
+		if err != nil {
+			return err
+		}
+		if _, ok := rows[marker]; !ok {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	interrupted := time.Since(killed)
+	back := m.waitReplicating(60 * time.Second)
+	t.Logf("kill -9 of sa's primary host %s: %s writable after %s; sa->sb replication interrupted %s; both subscriptions replicating %s after that",
+		la, newA, promoted.Round(10*time.Millisecond), interrupted.Round(10*time.Millisecond), back.Round(10*time.Millisecond))
+	sa.members[la].Start()
+	sa.waitHealthy(120 * time.Second)
+
+	// 2. switchover in sb.
+	lb, _ := sb.leader()
+	p := newPgmeshCLI(t, m.c.HTTPAddr, "itest")
+	swStart := time.Now()
+	p.ok("switchover", "--group", "sb", "--force")
+	newB := sb.waitNewLeader(lb, 60*time.Second)
+	sb.waitHealthy(90 * time.Second)
+	back = m.waitReplicating(60 * time.Second)
+	t.Logf("switchover in sb %s -> %s: subscriptions replicating %s after the request", lb, newB, time.Since(swStart).Round(10*time.Millisecond))
+
+	// 3. the same row updated on both groups just before sb's primary host
+	// dies: last update wins, and both groups end with the same value.
+	conflictID := int64(3_000_000_002)
+	if err := sa.members[sa.writableMember(t)].Exec(ctx, "INSERT INTO spk(id, origin) VALUES ($1, 'sa')", conflictID); err != nil {
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 30*time.Second, "conflict row on sb", func() error {
+		rows, err := rowsOf(sb, sb.writableMember(t), "sa")
+		if _, ok := rows[conflictID]; err != nil || !ok {
+			return fmt.Errorf("not yet (%v)", err)
+		}
+		return nil
+	})
+	la2, lb2 := sa.writableMember(t), sb.writableMember(t)
+	if err := sa.members[la2].Exec(ctx, "UPDATE spk SET v = 1 WHERE id = $1", conflictID); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.members[lb2].Exec(ctx, "UPDATE spk SET v = 2 WHERE id = $1", conflictID); err != nil {
+		t.Fatal(err)
+	}
+	sb.members[lb2].KillHost()
+	newB2 := sb.waitNewLeader(lb2, 60*time.Second)
+	m.waitReplicating(60 * time.Second)
+	var va, vb int
+	testbed.Eventually(t, 30*time.Second, "the conflicting row ends the same on both groups", func() error {
+		withConn(sa, sa.writableMember(t), func(c *pgx.Conn) error {
+			return c.QueryRow(ctx, "SELECT v FROM spk WHERE id = $1", conflictID).Scan(&va)
+		})
+		withConn(sb, sb.writableMember(t), func(c *pgx.Conn) error {
+			return c.QueryRow(ctx, "SELECT v FROM spk WHERE id = $1", conflictID).Scan(&vb)
+		})
+		if va != vb {
+			return fmt.Errorf("v = %d on sa, %d on sb", va, vb)
+		}
+		return nil
+	})
+	t.Logf("conflict: row updated on sa (v=1) and sb (v=2), then sb's primary host %s killed (%s took over): v=%d on both", lb2, newB2, va)
+	sb.members[lb2].Start()
+	sb.waitHealthy(120 * time.Second)
+
+	time.Sleep(2 * time.Second)
+	acked := map[string][]int64{"sa": wa.finish(), "sb": wb.finish()}
+	lost := m.checkConverged(acked)
+	t.Logf("asynchronous losses at the two host kills (acknowledged, absent on the publishing group's new primary): sa %d, sb %d", len(lost["sa"]), len(lost["sb"]))
+	if probs := m.spockLogProblems(); len(probs) > 0 {
+		t.Errorf("repeating errors in PostgreSQL logs:\n%s", strings.Join(probs, "\n"))
+	}
+}
+
+// TestSpockMeshSync: synchronous mode inside the groups, kill -9 of a
+// primary host under write load: no acknowledged write of either group may
+// be lost, on its own group or on the other.
+func TestSpockMeshSync(t *testing.T) {
+	m := startSpockMesh(t, "sync")
+	sa := m.groups[0]
+	la, _ := sa.leader()
+	testbed.Eventually(t, 60*time.Second, "sa lists a synchronous standby", func() error {
+		if sa.syncStandby(la) == "" {
+			return errors.New("none yet")
+		}
+		return nil
+	})
+	wa, wb := startSpockWriter(sa, 1_000_000_000), startSpockWriter(m.groups[1], 2_000_000_000)
+	testbed.Eventually(t, 30*time.Second, "both writers acknowledged writes", func() error {
+		if wa.count() < 50 || wb.count() < 50 {
+			return fmt.Errorf("acked %d / %d", wa.count(), wb.count())
+		}
+		return nil
+	})
+	killed := time.Now()
+	sa.members[la].KillHost()
+	newA := sa.waitNewLeader(la, 60*time.Second)
+	promoted := time.Since(killed)
+	back := m.waitReplicating(60 * time.Second)
+	time.Sleep(2 * time.Second)
+	acked := map[string][]int64{"sa": wa.finish(), "sb": wb.finish()}
+	lost := m.checkConverged(acked)
+	t.Logf("sync: %s writable %s after the kill; subscriptions replicating %s later", newA, promoted.Round(10*time.Millisecond), back.Round(10*time.Millisecond))
+	if len(lost["sa"]) > 0 || len(lost["sb"]) > 0 {
+		t.Errorf("synchronous mode lost acknowledged writes: %v", lost)
+	}
+	sa.members[la].Start()
+	sa.waitHealthy(120 * time.Second)
+	if probs := m.spockLogProblems(); len(probs) > 0 {
+		t.Errorf("repeating errors in PostgreSQL logs:\n%s", strings.Join(probs, "\n"))
+	}
+}
