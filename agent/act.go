@@ -422,6 +422,16 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 			return fmt.Errorf("promote: not promoting before every commit waits for a standby: %w", err)
 		}
 	}
+	if a.dyn.ReplicationProfile() == consulkv.ReplicationSpock {
+		// A member demoted earlier may still carry spock.readonly: the new
+		// primary must take writes and apply changes from the first moment
+		// (seen: clients refused and Spock's apply worker exiting "cluster
+		// is in read-only mode" for the ~100ms until a reset after the
+		// promotion).
+		if err := a.clearSpockReadonly(ctx, inst); err != nil {
+			a.log.Warn("could not reset spock.readonly before promoting", zap.Error(err))
+		}
+	}
 	start := time.Now()
 	// Promote first: pg_ctl promote needs standby.signal in place, which
 	// WriteConfig(Primary) would remove.
@@ -462,11 +472,6 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 	}
 	if o.Group != nil {
 		a.checkLogicalAfterPromotion(ctx, o.Group.Status)
-	}
-	if a.dyn.ReplicationProfile() == consulkv.ReplicationSpock {
-		if _, err := inst.Exec(ctx, "ALTER SYSTEM RESET spock.readonly"); err == nil {
-			inst.Exec(ctx, "SELECT pg_reload_conf()")
-		}
 	}
 	return a.leaderHousekeeping(ctx, o.Group)
 }

@@ -334,6 +334,7 @@ func (a *Agent) syncLogicalSlots(ctx context.Context, g *consulkv.GroupView, loc
 	}
 	if installed > 0 {
 		a.log.Info("restarting to load logical slot copies", zap.Int("slots", installed))
+		a.announceRestart(ctx, g)
 		if err := inst.Stop(ctx, pg.StopFast); err != nil {
 			a.log.Warn("restart for slot copies: stop failed", zap.Error(err))
 			return false
@@ -344,6 +345,24 @@ func (a *Agent) syncLogicalSlots(ctx context.Context, g *consulkv.GroupView, loc
 		return false
 	}
 	return ready
+}
+
+// announceRestart marks this replica's member key "restarting" before a
+// planned restart, so a leader in synchronous mode keeps it listed while it
+// is away (keepRestarting); the next publish says "running" again.
+func (a *Agent) announceRestart(ctx context.Context, g *consulkv.GroupView) {
+	sess := a.lock.Session()
+	cur := g.Members[a.cfg.Name]
+	if sess == "" || cur == nil {
+		return
+	}
+	m := *cur
+	m.State, m.UpdatedAt = StateRestarting, time.Now().UTC()
+	if err := a.kv.PutMember(ctx, a.cfg.Group, sess, &m); err != nil {
+		a.log.Warn("could not announce the restart in the member key", zap.Error(err))
+		return
+	}
+	a.memberWrite.forget()
 }
 
 // checkLogicalAfterPromotion verifies that the logical slots the previous

@@ -81,6 +81,11 @@ func (a *Agent) syncSpockSlots(ctx context.Context, g *consulkv.GroupView, local
 	} else if changed {
 		a.log.Info("cleared spock.pg_standby_slot_names", zap.String("reason", "a replica has no logical walsenders to hold back"))
 	}
+	// A standby is read-only by recovery; a spock.readonly left from a
+	// demotion would only make its promotion refuse writes.
+	if err := a.clearSpockReadonly(ctx, inst); err != nil {
+		a.log.Warn("could not reset spock.readonly on a replica", zap.Error(err))
+	}
 	if g == nil || g.Status == nil || len(g.Status.LogicalSlots) == 0 {
 		return false
 	}
@@ -103,6 +108,23 @@ func (a *Agent) syncSpockSlots(ctx context.Context, g *consulkv.GroupView, local
 		}
 	}
 	return ready
+}
+
+// clearSpockReadonly resets spock.readonly (set while a primary is demoted,
+// see terminateLogicalWalsenders) and waits until PostgreSQL shows "off".
+func (a *Agent) clearSpockReadonly(ctx context.Context, inst *pg.Instance) error {
+	cur, err := inst.Show(ctx, "spock.readonly")
+	if err != nil || cur == "off" {
+		return err
+	}
+	if _, err := inst.Exec(ctx, "ALTER SYSTEM RESET spock.readonly"); err != nil {
+		return err
+	}
+	if err := a.reloadUntil(ctx, inst, "spock.readonly", "off"); err != nil {
+		return err
+	}
+	a.log.Info("reset spock.readonly", zap.String("was", cur), zap.String("reason", "set while this member was demoted; a standby is read-only anyway and a promoted one must take writes at once"))
+	return nil
 }
 
 // manageSpockStandbySlots runs on a PostgreSQL 15/16 Spock leader every

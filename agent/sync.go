@@ -152,6 +152,40 @@ func pickSyncStandbys(repl []pg.ReplicationConn, g *consulkv.GroupView, self str
 	return out
 }
 
+// keepRestarting keeps a listed synchronous standby that announced a
+// planned restart (member key state "restarting", e.g. to load logical slot
+// copies) among the picks while it is away, ahead of the other candidates:
+// dropping it would leave the sync key - and so the group - without a
+// standby that may be promoted until it is back and confirmed again, and a
+// primary lost in that window could not fail over. Commits wait for it
+// meanwhile (about a second). An unplanned disconnect still drops it at
+// once; a standby that dies while restarting keeps its key only until its
+// session expires.
+func keepRestarting(picks, published []string, g *consulkv.GroupView, n int) []string {
+	var kept []string
+	for _, name := range published {
+		if m := g.Members[name]; m != nil && m.State == StateRestarting && !containsStr(picks, name) {
+			kept = append(kept, name)
+		}
+	}
+	if len(kept) == 0 {
+		return picks
+	}
+	out := append([]string(nil), kept...)
+	for _, p := range picks {
+		if len(out) >= n {
+			break
+		}
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// StateRestarting is the member-key state of a replica that restarts its
+// PostgreSQL on purpose and will be back within seconds.
+const StateRestarting = "restarting"
+
 func intersect(a, b []string) []string {
 	var out []string
 	for _, x := range a {
@@ -205,6 +239,7 @@ func (a *Agent) manageSync(ctx context.Context, g *consulkv.GroupView, st pg.Sta
 	keyOurs := g.Sync != nil && g.Sync.Leader == a.cfg.Name
 	if keyOurs {
 		published = g.Sync.SyncStandbys
+		picks = keepRestarting(picks, published, g, a.dyn.SyncCount())
 	}
 	// 1. Drop from the key whoever is no longer picked.
 	keep := intersect(published, picks)

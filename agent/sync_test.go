@@ -92,3 +92,28 @@ func TestSilentAfterFollowsTheStatusInterval(t *testing.T) {
 		}
 	}
 }
+
+func TestKeepRestartingSyncStandby(t *testing.T) {
+	g := &consulkv.GroupView{Members: map[string]*consulkv.MemberStatus{
+		"a": {Name: "a", Role: consulkv.RolePrimary, State: "running"},
+		"b": {Name: "b", Role: consulkv.RoleReplica, State: StateRestarting},
+		"c": {Name: "c", Role: consulkv.RoleReplica, State: "running"},
+	}}
+	for _, tc := range []struct {
+		name             string
+		picks, published []string
+		n                int
+		want             []string
+	}{
+		{name: "listed standby restarting on purpose stays picked", picks: nil, published: []string{"b"}, n: 1, want: []string{"b"}},
+		{name: "it keeps its place ahead of another candidate", picks: []string{"c"}, published: []string{"b"}, n: 1, want: []string{"b"}},
+		{name: "room for both", picks: []string{"c"}, published: []string{"b"}, n: 2, want: []string{"b", "c"}},
+		{name: "a running standby that vanished is dropped as before", picks: nil, published: []string{"c"}, n: 1, want: nil},
+		{name: "a restarting standby not listed is not added", picks: []string{"c"}, published: []string{"c"}, n: 1, want: []string{"c"}},
+	} {
+		got := keepRestarting(tc.picks, tc.published, g, tc.n)
+		if !sameSet(got, tc.want) {
+			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -147,6 +147,17 @@ func logicalFailover(t *testing.T, mode string) {
 		return nil
 	})
 
+	if mode == "sync" {
+		// The state this case means to test: the standby is the listed
+		// synchronous standby (a restart to load slot copies briefly takes
+		// it out of pg_stat_replication).
+		testbed.Eventually(t, 60*time.Second, standby+" is the listed synchronous standby", func() error {
+			if s := ga.syncStandby(la); s != standby {
+				return fmt.Errorf("sync standby %q", s)
+			}
+			return nil
+		})
+	}
 	killed := time.Now()
 	ga.members[la].KillHost()
 	newA := ga.writableMember(t)

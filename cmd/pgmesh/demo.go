@@ -6,8 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
+	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/internal/demo"
 	"github.com/urfave/cli/v2"
 )
@@ -27,17 +29,35 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "pg-port", Value: 15432, Usage: "first PostgreSQL port (one per member)"},
 			&cli.IntFlag{Name: "api-port", Value: 18008, Usage: "first agent REST API port (one per member)"},
 			&cli.IntFlag{Name: "haproxy-port", Value: 15000, Usage: "HAProxy write port; read = +1, stats = +2, per-group listeners from +10"},
+			&cli.StringFlag{Name: "replication", Usage: "replication between groups: spock, native or none (default: spock when the Spock kit scripts/setup builds is present, else native)"},
+			&cli.StringFlag{Name: "pg-bin-dir", Usage: "PostgreSQL bin directory (default: the Spock kit for --replication spock, else /usr/lib/postgresql/15/bin)"},
 		},
 		Action: func(c *cli.Context) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			repl, binDir, err := demoReplication(c.String("replication"), c.String("pg-bin-dir"))
+			if err != nil {
+				return cli.Exit("demo: "+err.Error(), 2)
+			}
 			mesh, err := demo.Start(ctx, demo.Options{
 				WorkDir: c.String("workdir"), Groups: c.Int("groups"), Members: c.Int("members"),
 				ConsulBin: c.String("consul-bin"), OSUser: c.String("os-user"), Out: c.App.Writer,
 				ConsulHTTPPort: c.Int("consul-port"), ConsulDNSPort: c.Int("dns-port"), PGBasePort: c.Int("pg-port"), APIBasePort: c.Int("api-port"),
+				Replication: repl, BinDir: binDir,
 			})
 			if err != nil {
 				return cli.Exit("demo: "+err.Error(), 1)
+			}
+			proof := ""
+			if repl != consulkv.ReplicationNone {
+				if err := mesh.SetupReplication(ctx); err != nil {
+					mesh.Stop()
+					return cli.Exit("demo: replication between groups: "+err.Error(), 1)
+				}
+				if proof, err = mesh.ProveReplication(ctx); err != nil {
+					mesh.Stop()
+					return cli.Exit("demo: replication between groups: "+err.Error(), 1)
+				}
 			}
 			fmt.Fprintf(c.App.Writer, "[+] starting HAProxy fed by `pgmesh render` (local group n1)\n")
 			routing, err := startDemoRouting(ctx, c.String("workdir"), mesh.Consul, mesh.Options().Cluster, "n1", c.Int("haproxy-port"))
@@ -51,17 +71,65 @@ func demoCommand() *cli.Command {
 				mesh.Stop()
 				fmt.Fprintln(c.App.Writer, "stopped.")
 			}()
-			printDemoSummary(c, mesh, routing)
+			printDemoSummary(c, mesh, routing, repl, proof)
 			<-ctx.Done()
 			return nil
 		},
 	}
 }
 
-func printDemoSummary(c *cli.Context, mesh *demo.Mesh, r *demoRouting) {
+// demoReplication resolves --replication and --pg-bin-dir: Spock needs
+// the PostgreSQL + Spock kit scripts/setup builds (.cache/pg15spock beside
+// the pgmesh binary's .cache/bin).
+func demoReplication(repl, binDir string) (string, string, error) {
+	kit := ""
+	if exe, err := os.Executable(); err == nil {
+		cand := filepath.Join(filepath.Dir(exe), "..", "pg15spock", "bin")
+		if _, err := os.Stat(filepath.Join(cand, "postgres")); err == nil {
+			kit = cand
+		}
+	}
+	switch repl {
+	case "":
+		repl = consulkv.ReplicationNative
+		if kit != "" || binDir != "" {
+			repl = consulkv.ReplicationSpock
+		}
+	case consulkv.ReplicationSpock, consulkv.ReplicationNative, consulkv.ReplicationNone:
+	default:
+		return "", "", fmt.Errorf("--replication %q: use spock, native or none", repl)
+	}
+	if repl == consulkv.ReplicationSpock && binDir == "" {
+		if kit == "" {
+			return "", "", fmt.Errorf("--replication spock needs a PostgreSQL with Spock: run scripts/setup (it builds the kit when ../shared/spock is there) or pass --pg-bin-dir")
+		}
+		binDir = kit
+	}
+	if binDir != "" {
+		// The kit lives in a shared cache the checkout links to; PostgreSQL
+		// runs as another user who may not traverse the checkout.
+		if abs, err := filepath.Abs(binDir); err == nil {
+			binDir = abs
+		}
+		if real, err := filepath.EvalSymlinks(binDir); err == nil {
+			binDir = real
+		}
+	}
+	return repl, binDir, nil
+}
+
+func printDemoSummary(c *cli.Context, mesh *demo.Mesh, r *demoRouting, repl, proof string) {
 	w := c.App.Writer
 	o := mesh.Options()
 	fmt.Fprintf(w, "\nThe demo mesh %q is up.\n\n", o.Cluster)
+	if proof != "" {
+		groups := mesh.Groups()
+		fmt.Fprintf(w, "Multi-master (%s replication between groups): %s.\n", repl, proof)
+		fmt.Fprintf(w, "  try it:  psql \"%s\" -c \"INSERT INTO %s(k, v) VALUES ('mine', 'hello')\"\n", mesh.GroupDSN(groups[0]), mesh.ReplicationTable(groups[0]))
+		fmt.Fprintf(w, "           psql \"%s\" -c \"SELECT * FROM %s\"\n\n", mesh.GroupDSN(groups[len(groups)-1]), mesh.ReplicationTable(groups[0]))
+	} else {
+		fmt.Fprintf(w, "No replication between groups (--replication none).\n\n")
+	}
 	fmt.Fprintf(w, "HAProxy (rendered by pgmesh render into %s):\n", r.dir)
 	fmt.Fprintf(w, "  writes, every group's primary (n1 first):  psql \"host=127.0.0.1 port=%d user=postgres password=demo-superuser\"\n", r.write)
 	fmt.Fprintf(w, "  reads, replicas (primaries as fallback):   psql \"host=127.0.0.1 port=%d user=postgres password=demo-superuser\"\n", r.read)

@@ -64,6 +64,13 @@ type Options struct {
 	// ConsulExtraHCL is appended to Consul's configuration (e.g. a
 	// limits block for a load generator).
 	ConsulExtraHCL string
+	// Replication between the groups: "none", "native" (publications and
+	// subscriptions) or "spock" (pgEdge Spock; needs BinDir to be a
+	// PostgreSQL with Spock). Empty: "none".
+	Replication string
+	// BinDir is the PostgreSQL bin directory of every member (default
+	// /usr/lib/postgresql/15/bin).
+	BinDir string
 }
 
 // Member is one demo member.
@@ -434,6 +441,13 @@ func (m *Mesh) agentConfig(mem *Member) string {
 	for _, k := range keys {
 		fmt.Fprintf(&pl, "    %s: %q\n", k, params[k])
 	}
+	binDir, repl := "", ""
+	if m.opts.BinDir != "" {
+		binDir = fmt.Sprintf("  bin_dir: %s\n", m.opts.BinDir)
+	}
+	if r := m.opts.Replication; r != "" && r != consulkv.ReplicationNone {
+		repl = fmt.Sprintf("    replication: %s\n", r)
+	}
 	return fmt.Sprintf(`# pgmesh demo member %s
 cluster: %s
 group: %s
@@ -445,7 +459,7 @@ consul:
   listen: 127.0.0.1:%d
 postgresql:
   data_dir: %s
-  listen: 127.0.0.1
+%s  listen: 127.0.0.1
   port: %d
   superuser: {username: postgres, password: demo-superuser}
   replication: {username: replicator, password: demo-replicator}
@@ -456,11 +470,11 @@ postgresql:
     loop_wait: %s
     retry_timeout: %s
     lock_delay: %s
-log:
+%slog:
   level: %s
   format: console
-`, mem.Name, m.opts.Cluster, mem.Group, mem.Name, consul, checks, mem.APIPort, mem.DataDir, mem.PGPort, pl.String(),
-		m.opts.TTL, m.opts.LoopWait, m.opts.RetryTimeout, m.opts.LockDelay, m.opts.LogLevel)
+`, mem.Name, m.opts.Cluster, mem.Group, mem.Name, consul, checks, mem.APIPort, mem.DataDir, binDir, mem.PGPort, pl.String(),
+		m.opts.TTL, m.opts.LoopWait, m.opts.RetryTimeout, m.opts.LockDelay, repl, m.opts.LogLevel)
 }
 
 func (m *Mesh) startAgents() error {

@@ -89,6 +89,25 @@ func Postgres17BinDir(t testing.TB) string {
 	return dir
 }
 
+// SpockKit returns the Spock kit's bin directory when it is there.
+func SpockKit() (string, bool) {
+	dir := os.Getenv("PGMESH_SPOCK_BINDIR")
+	if dir == "" {
+		root, err := RepoRoot()
+		if err != nil {
+			return "", false
+		}
+		dir = filepath.Join(root, ".cache", "pg15spock", "bin")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "..", "lib", "postgresql", "spock.so")); err != nil {
+		return "", false
+	}
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	return dir, true
+}
+
 // SpockBinDir is the PostgreSQL 15 + Spock kit scripts/setup builds
 // (.cache/pg15spock/bin; $PGMESH_SPOCK_BINDIR overrides it). Without the
 // Spock source (../shared/spock, or $PGMESH_SPOCK_SRC) there is no kit and
@@ -116,6 +135,9 @@ func SpockBinDir(t testing.TB) string {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "..", "lib", "postgresql", "spock.so")); err != nil {
 		t.Fatalf("testbed: the Spock kit at %s has no spock.so (%v); run scripts/setup", dir, err)
+	}
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
 	}
 	return dir
 }
