@@ -115,6 +115,7 @@ type spockWriter struct {
 	stop   chan struct{}
 	done   chan struct{}
 	lastAt time.Time
+	maxGap time.Duration // longest time between two acknowledged writes
 }
 
 func startSpockWriter(g *group, base int64) *spockWriter {
@@ -157,7 +158,11 @@ func startSpockWriter(g *group, base int64) *spockWriter {
 			}
 			w.mu.Lock()
 			w.acked = append(w.acked, id)
-			w.lastAt = time.Now()
+			now := time.Now()
+			if !w.lastAt.IsZero() && now.Sub(w.lastAt) > w.maxGap {
+				w.maxGap = now.Sub(w.lastAt)
+			}
+			w.lastAt = now
 			w.mu.Unlock()
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -166,6 +171,16 @@ func startSpockWriter(g *group, base int64) *spockWriter {
 }
 
 func (w *spockWriter) count() int { w.mu.Lock(); defer w.mu.Unlock(); return len(w.acked) }
+
+// gap returns the longest pause between acknowledged writes so far and
+// starts measuring anew.
+func (w *spockWriter) gap() time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	g := w.maxGap
+	w.maxGap = 0
+	return g
+}
 
 func (w *spockWriter) finish() []int64 {
 	close(w.stop)
@@ -281,6 +296,28 @@ func (m *spockMesh) spockLogProblems() []string {
 	return out
 }
 
+// waitSpockSlotsReady waits until standby reports the logical slots Spock's
+// failover-slot worker synced as current (logical_slots_ready). A standby
+// promoted before that has only what Spock persists at the promotion ("after
+// promotion interrupted WAL catchup"): positions of its own, from which a
+// subscriber may skip changes.
+func waitSpockSlotsReady(t *testing.T, g *group, standby string) {
+	t.Helper()
+	testbed.Eventually(t, 60*time.Second, g.name+"'s standby "+standby+" reports the slots Spock synced as ready", func() error {
+		v, err := g.kv.ReadGroup(context.Background(), g.name)
+		if err != nil {
+			return err
+		}
+		if v.Status == nil || len(v.Status.LogicalSlots) == 0 {
+			return errors.New("leader publishes no logical slots")
+		}
+		if mk := v.Members[standby]; mk == nil || !mk.LogicalSlotsReady {
+			return fmt.Errorf("%s not ready", standby)
+		}
+		return nil
+	})
+}
+
 // TestSpockMesh: kill -9 of a group's primary host, a switchover, and the
 // same row updated on both groups around a failover, under write load on
 // both groups (asynchronous replication inside the groups).
@@ -297,19 +334,7 @@ func TestSpockMesh(t *testing.T) {
 	if standby == la {
 		standby = sa.order[1]
 	}
-	testbed.Eventually(t, 60*time.Second, "sa's standby reports the slots Spock synced as ready", func() error {
-		v, err := sa.kv.ReadGroup(ctx, "sa")
-		if err != nil {
-			return err
-		}
-		if v.Status == nil || len(v.Status.LogicalSlots) == 0 {
-			return errors.New("leader publishes no logical slots")
-		}
-		if mk := v.Members[standby]; mk == nil || !mk.LogicalSlotsReady {
-			return fmt.Errorf("%s not ready", standby)
-		}
-		return nil
-	})
+	waitSpockSlotsReady(t, sa, standby)
 	var standbySlots string
 	withConn(sa, la, func(c *pgx.Conn) error {
 		return c.QueryRow(ctx, "SELECT current_setting('spock.pg_standby_slot_names')").Scan(&standbySlots)
@@ -327,6 +352,7 @@ func TestSpockMesh(t *testing.T) {
 	})
 
 	// 1. kill -9 of sa's primary host.
+	wb.gap()
 	killed := time.Now()
 	sa.members[la].KillHost()
 	newA := sa.waitNewLeader(la, 60*time.Second)
@@ -347,8 +373,8 @@ func TestSpockMesh(t *testing.T) {
 	})
 	interrupted := time.Since(killed)
 	back := m.waitReplicating(60 * time.Second)
-	t.Logf("kill -9 of sa's primary host %s: %s writable after %s; sa->sb replication interrupted %s; both subscriptions replicating %s after that",
-		la, newA, promoted.Round(10*time.Millisecond), interrupted.Round(10*time.Millisecond), back.Round(10*time.Millisecond))
+	t.Logf("kill -9 of sa's primary host %s: %s writable after %s; sa->sb replication interrupted %s; both subscriptions replicating %s after that; longest write gap on sb meanwhile %s",
+		la, newA, promoted.Round(10*time.Millisecond), interrupted.Round(10*time.Millisecond), back.Round(10*time.Millisecond), wb.gap().Round(time.Millisecond))
 	sa.members[la].Start()
 	sa.waitHealthy(120 * time.Second)
 
@@ -361,6 +387,27 @@ func TestSpockMesh(t *testing.T) {
 	sb.waitHealthy(90 * time.Second)
 	back = m.waitReplicating(60 * time.Second)
 	t.Logf("switchover in sb %s -> %s: subscriptions replicating %s after the request", lb, newB, time.Since(swStart).Round(10*time.Millisecond))
+	// The demoted primary cut Spock's walsenders off and went read-only
+	// (spock.readonly) while it stopped; as a standby it has no logical
+	// walsenders and no longer needs the flag.
+	if pgLog := readFile(t, sb.members[lb].DataDir+".log"); !strings.Contains(pgLog, `parameter "spock.readonly" changed to "all"`) {
+		t.Errorf("demoted primary %s never set spock.readonly", lb)
+	}
+	testbed.Eventually(t, 30*time.Second, "old primary "+lb+" is a standby without logical walsenders or spock.readonly", func() error {
+		var inRecovery bool
+		var walsenders int
+		var ro string
+		err := withConn(sb, lb, func(c *pgx.Conn) error {
+			if err := c.QueryRow(ctx, "SELECT pg_is_in_recovery(), current_setting('spock.readonly')").Scan(&inRecovery, &ro); err != nil {
+				return err
+			}
+			return c.QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical' AND active").Scan(&walsenders)
+		})
+		if err != nil || !inRecovery || walsenders != 0 || ro != "off" {
+			return fmt.Errorf("in recovery %v, active logical slots %d, spock.readonly %q (%v)", inRecovery, walsenders, ro, err)
+		}
+		return nil
+	})
 
 	// 3. the same row updated on both groups just before sb's primary host
 	// dies: last update wins, and both groups end with the same value.
@@ -418,12 +465,14 @@ func TestSpockMeshSync(t *testing.T) {
 	m := startSpockMesh(t, "sync")
 	sa := m.groups[0]
 	la, _ := sa.leader()
+	var standby string
 	testbed.Eventually(t, 60*time.Second, "sa lists a synchronous standby", func() error {
-		if sa.syncStandby(la) == "" {
+		if standby = sa.syncStandby(la); standby == "" {
 			return errors.New("none yet")
 		}
 		return nil
 	})
+	waitSpockSlotsReady(t, sa, standby)
 	wa, wb := startSpockWriter(sa, 1_000_000_000), startSpockWriter(m.groups[1], 2_000_000_000)
 	testbed.Eventually(t, 30*time.Second, "both writers acknowledged writes", func() error {
 		if wa.count() < 50 || wb.count() < 50 {
