@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -510,12 +512,7 @@ func nativeSlotsReady(published map[string]consulkv.LogicalSlot, local []pg.Logi
 	for _, s := range local {
 		have[s.Name] = s
 	}
-	names := make([]string, 0, len(published))
-	for n := range published {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(published)) {
 		want := published[n]
 		s, ok := have[n]
 		switch {
@@ -648,17 +645,24 @@ func (a *Agent) syncLogicalSlots17(ctx context.Context, g *consulkv.GroupView) b
 		return false
 	}
 	ready, reason := nativeSlotsReady(g.Status.LogicalSlots, slots)
+	a.noteSlotReadiness(ready, reason, len(g.Status.LogicalSlots), "synced failover slots")
+	return ready
+}
+
+// noteSlotReadiness logs a replica's logical-slot readiness when its reason
+// changes (what names the mechanism that keeps the slots).
+func (a *Agent) noteSlotReadiness(ready bool, reason string, slots int, what string) {
 	s := a.native17()
 	s.mu.Lock()
 	prev := s.readyReason
 	s.readyReason = reason
 	s.mu.Unlock()
-	if reason != prev {
-		if ready {
-			a.log.Info("synced failover slots are current", zap.Int("slots", len(g.Status.LogicalSlots)))
-		} else {
-			a.log.Info("synced failover slots not ready", zap.String("reason", reason))
-		}
+	if reason == prev {
+		return
 	}
-	return ready
+	if ready {
+		a.log.Info(what+" are current", zap.Int("slots", slots))
+	} else {
+		a.log.Info(what+" not ready", zap.String("reason", reason))
+	}
 }

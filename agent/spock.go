@@ -3,7 +3,8 @@ package agent
 import (
 	"context"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 
 	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/pg"
@@ -47,12 +48,7 @@ func spockSlotsReady(published map[string]consulkv.LogicalSlot, local []pg.Repli
 			have[s.Name] = s
 		}
 	}
-	names := make([]string, 0, len(published))
-	for n := range published {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range slices.Sorted(maps.Keys(published)) {
 		want := published[n].ConfirmedFlush
 		s, ok := have[n]
 		switch {
@@ -95,18 +91,7 @@ func (a *Agent) syncSpockSlots(ctx context.Context, g *consulkv.GroupView, local
 		return false
 	}
 	ready, reason := spockSlotsReady(g.Status.LogicalSlots, slots, local.LastLSN)
-	s := a.native17()
-	s.mu.Lock()
-	prev := s.readyReason
-	s.readyReason = reason
-	s.mu.Unlock()
-	if reason != prev {
-		if ready {
-			a.log.Info("logical slots synced by Spock are current", zap.Int("slots", len(g.Status.LogicalSlots)))
-		} else {
-			a.log.Info("logical slots synced by Spock not ready", zap.String("reason", reason))
-		}
-	}
+	a.noteSlotReadiness(ready, reason, len(g.Status.LogicalSlots), "logical slots synced by Spock")
 	return ready
 }
 

@@ -60,6 +60,18 @@ func (m *Mesh) execOn(ctx context.Context, group string, sqls ...string) error {
 	return nil
 }
 
+// queryRow runs a one-row query on group's writable member.
+func (m *Mesh) queryRow(ctx context.Context, group, sql string, args []any, dest ...any) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(cctx, m.GroupDSN(group))
+	if err != nil {
+		return err
+	}
+	defer c.Close(context.Background())
+	return c.QueryRow(cctx, sql, args...).Scan(dest...)
+}
+
 func quoteLit(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // ReplicationTable is the table a row written on one group shows up in on
@@ -133,16 +145,7 @@ func (m *Mesh) waitSubscriptions(ctx context.Context, query string) error {
 	for _, g := range groups {
 		for {
 			var running, total int
-			err := func() error {
-				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				defer cancel()
-				c, err := pgx.Connect(cctx, m.GroupDSN(g))
-				if err != nil {
-					return err
-				}
-				defer c.Close(context.Background())
-				return c.QueryRow(cctx, query).Scan(&running, &total)
-			}()
+			err := m.queryRow(ctx, g, query, nil, &running, &total)
 			if err == nil && total == len(groups)-1 && running == total {
 				break
 			}
@@ -177,16 +180,7 @@ func (m *Mesh) ProveReplication(ctx context.Context) (string, error) {
 	for _, g := range groups[1:] {
 		for {
 			var n int
-			err := func() error {
-				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-				defer cancel()
-				c, err := pgx.Connect(cctx, m.GroupDSN(g))
-				if err != nil {
-					return err
-				}
-				defer c.Close(context.Background())
-				return c.QueryRow(cctx, fmt.Sprintf("SELECT count(*) FROM %s WHERE k = $1", table), key).Scan(&n)
-			}()
+			err := m.queryRow(ctx, g, fmt.Sprintf("SELECT count(*) FROM %s WHERE k = $1", table), []any{key}, &n)
 			if err == nil && n == 1 {
 				parts = append(parts, fmt.Sprintf("on %s after %s", g, time.Since(start).Round(time.Millisecond)))
 				break
