@@ -523,11 +523,14 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, g *consulkv.GroupView) e
 		}
 		a.statusWrite.done(a.lock.Session(), gs, now)
 	}
-	if err := a.manageSync(ctx, g, st); err != nil {
+	// Standbys whose replies stopped (a cut network keeps them "streaming"
+	// in pg_stat_replication until wal_sender_timeout, 60s by default).
+	silent := a.replies.silent(st.Replication, time.Now(), silentAfter(a.parameters()))
+	if err := a.manageSync(ctx, g, st, silent); err != nil {
 		a.log.Warn("managing synchronous replication failed", zap.Error(err))
 	}
-	a.manageStandbySlots(ctx, g, st)      // PostgreSQL 17+ only (logical.go)
-	a.manageSpockStandbySlots(ctx, g, st) // Spock on PostgreSQL 15/16 (spock.go)
+	a.manageStandbySlots(ctx, g, st, silent)      // PostgreSQL 17+ only (logical.go)
+	a.manageSpockStandbySlots(ctx, g, st, silent) // Spock on PostgreSQL 15/16 (spock.go)
 	if g != nil {
 		now := time.Now()
 		for name := range g.Members {

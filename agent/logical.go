@@ -462,14 +462,14 @@ func (a *Agent) nativeFailoverSlots() bool {
 //
 // The result is sorted and comma-separated, empty when nobody is eligible (a
 // dead standby then stops blocking logical walsenders).
-func standbySlotsFor(g *consulkv.GroupView, self, syncMode string, repl []pg.ReplicationConn) string {
+func standbySlotsFor(g *consulkv.GroupView, self, syncMode string, repl []pg.ReplicationConn, silent map[string]bool) string {
 	if g == nil {
 		return ""
 	}
 	set := map[string]bool{}
 	eligible := func(name string) bool {
 		m := g.Members[name]
-		return m != nil && name != self && !m.Tags.NoFailover
+		return m != nil && name != self && !m.Tags.NoFailover && !silent[name]
 	}
 	if syncMode == consulkv.SyncOff || syncMode == "" {
 		for _, rc := range repl {
@@ -604,11 +604,11 @@ func (a *Agent) logicalMessage(msg string, primary bool) string {
 // manageStandbySlots runs on a PostgreSQL 17+ leader every loop: it keeps
 // synchronized_standby_slots equal to the failover-eligible standbys'
 // physical slots (a reload only when it changes).
-func (a *Agent) manageStandbySlots(ctx context.Context, g *consulkv.GroupView, st pg.Status) {
+func (a *Agent) manageStandbySlots(ctx context.Context, g *consulkv.GroupView, st pg.Status, silent map[string]bool) {
 	if !pg.NativeFailoverSlots(st.ServerVersion) || st.InRecovery {
 		return
 	}
-	want := standbySlotsFor(g, a.cfg.Name, a.dyn.SyncMode(), st.Replication)
+	want := standbySlotsFor(g, a.cfg.Name, a.dyn.SyncMode(), st.Replication, silent)
 	changed, err := a.pgi().SetStandbySlots(ctx, want)
 	if err != nil {
 		a.log.Warn("could not set synchronized_standby_slots", zap.Error(err))

@@ -113,9 +113,25 @@ func TestUnitStandbySlotsFor(t *testing.T) {
 		{"sync: empty key, nobody promotable", &consulkv.GroupView{Members: members("a", "b")}, consulkv.SyncOn,
 			[]pg.ReplicationConn{rc("b", "streaming", "async")}, ""},
 	} {
-		if got := standbySlotsFor(tc.g, "a", tc.mode, tc.repl); got != tc.want {
+		if got := standbySlotsFor(tc.g, "a", tc.mode, tc.repl, nil); got != tc.want {
 			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+// A standby whose replies stopped (a cut network: PostgreSQL shows it
+// "streaming" until wal_sender_timeout) no longer holds logical walsenders
+// back, in either mode.
+func TestUnitStandbySlotsForSkipsSilentStandbys(t *testing.T) {
+	g := &consulkv.GroupView{Members: map[string]*consulkv.MemberStatus{"a": {Name: "a"}, "b": {Name: "b"}, "c": {Name: "c"}},
+		Sync: &consulkv.SyncState{Leader: "a", SyncStandbys: []string{"b"}}}
+	repl := []pg.ReplicationConn{{ApplicationName: "b", State: "streaming", SyncState: "sync"}, {ApplicationName: "c", State: "streaming", SyncState: "async"}}
+	silent := map[string]bool{"b": true}
+	if got := standbySlotsFor(g, "a", consulkv.SyncOff, repl, silent); got != "pgmesh_c" {
+		t.Errorf("async: got %q, want pgmesh_c", got)
+	}
+	if got := standbySlotsFor(g, "a", consulkv.SyncOn, repl, silent); got != "" {
+		t.Errorf("sync: got %q, want nothing (the silent sync standby leaves the key in the same round)", got)
 	}
 }
 

@@ -117,12 +117,14 @@ func (a *Agent) clearSpockReadonly(ctx context.Context, inst *pg.Instance) error
 // that could be promoted (streaming, not nofailover; in sync mode the sync
 // set), recomputed like synchronized_standby_slots on 17, reloaded only on
 // a change. A standby that stops streaming leaves the list at the next
-// loop, so it blocks Spock's walsenders for at most about one loop_wait.
-func (a *Agent) manageSpockStandbySlots(ctx context.Context, g *consulkv.GroupView, st pg.Status) {
+// loop, one that stops replying (a cut network keeps it "streaming" until
+// wal_sender_timeout) once it has been silent for silentAfter (5s by
+// default), so it blocks Spock's walsenders for seconds, not a minute.
+func (a *Agent) manageSpockStandbySlots(ctx context.Context, g *consulkv.GroupView, st pg.Status, silent map[string]bool) {
 	if !a.spockSlotWorker() || st.InRecovery {
 		return
 	}
-	want := standbySlotsFor(g, a.cfg.Name, a.dyn.SyncMode(), st.Replication)
+	want := standbySlotsFor(g, a.cfg.Name, a.dyn.SyncMode(), st.Replication, silent)
 	changed, err := a.pgi().SetSystemSetting(ctx, "spock.pg_standby_slot_names", want)
 	if err != nil {
 		a.log.Warn("could not set spock.pg_standby_slot_names", zap.Error(err))

@@ -209,7 +209,7 @@ func sameSet(a, b []string) bool {
 }
 
 // manageSync runs on the leader every loop.
-func (a *Agent) manageSync(ctx context.Context, g *consulkv.GroupView, st pg.Status) error {
+func (a *Agent) manageSync(ctx context.Context, g *consulkv.GroupView, st pg.Status, silent map[string]bool) error {
 	mode := a.dyn.SyncMode()
 	if mode == consulkv.SyncOff {
 		if a.syncNames != "" {
@@ -227,7 +227,6 @@ func (a *Agent) manageSync(ctx context.Context, g *consulkv.GroupView, st pg.Sta
 		return nil
 	}
 	after := silentAfter(a.parameters())
-	silent := a.replies.silent(st.Replication, time.Now(), after)
 	for name := range silent {
 		if (g.Sync != nil && containsStr(g.Sync.SyncStandbys, name)) || strings.Contains(a.syncNames, `"`+name+`"`) {
 			a.log.Warn("synchronous standby has not replied; no longer waiting for it", zap.String("standby", name),

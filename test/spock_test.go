@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -448,6 +449,42 @@ func TestSpockMesh(t *testing.T) {
 	t.Logf("conflict: row updated on sa (v=1) and sb (v=2), then sb's primary host %s killed (%s took over): v=%d on both", lb2, newB2, va)
 	sb.members[lb2].Start()
 	sb.waitHealthy(120 * time.Second)
+
+	// 4. sa's standby goes silent (its walreceiver frozen: the primary still
+	// lists it as streaming until wal_sender_timeout, 60s, as after a
+	// network cut): Spock's walsenders must not wait for it that long.
+	la3 := sa.waitHealthy(60 * time.Second)
+	sby := sa.order[0]
+	if sby == la3 {
+		sby = sa.order[1]
+	}
+	var wrPID int
+	if err := withConn(sa, sby, func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, "SELECT pid FROM pg_stat_wal_receiver").Scan(&wrPID)
+	}); err != nil || wrPID == 0 {
+		t.Fatalf("walreceiver of %s: %d %v", sby, wrPID, err)
+	}
+	syscall.Kill(wrPID, syscall.SIGSTOP)
+	frozen := time.Now()
+	marker2 := int64(3_000_000_003)
+	if err := sa.members[la3].Exec(ctx, "INSERT INTO spk(id, origin) VALUES ($1, 'sa')", marker2); err != nil {
+		syscall.Kill(wrPID, syscall.SIGCONT)
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 30*time.Second, "a row written on sa reaches sb while sa's standby is silent", func() error {
+		rows, err := rowsOf(sb, sb.writableMember(t), "sa")
+		if _, ok := rows[marker2]; err != nil || !ok {
+			return fmt.Errorf("not yet (%v)", err)
+		}
+		return nil
+	})
+	stalled := time.Since(frozen)
+	syscall.Kill(wrPID, syscall.SIGCONT)
+	t.Logf("sa's standby %s silent (walreceiver frozen): a row written on sa reached sb after %s (wal_sender_timeout is 60s)", sby, stalled.Round(10*time.Millisecond))
+	if stalled > 15*time.Second {
+		t.Errorf("Spock's walsenders waited %s for a silent standby", stalled.Round(time.Second))
+	}
+	sa.waitHealthy(60 * time.Second)
 
 	time.Sleep(2 * time.Second)
 	acked := map[string][]int64{"sa": wa.finish(), "sb": wb.finish()}
