@@ -250,7 +250,7 @@ func (a *Agent) rebuildPG() error {
 		Port: c.Port, Superuser: pg.Credentials{User: c.Superuser.Username, Password: c.Superuser.Password},
 		Replication: pg.Credentials{User: c.Replication.Username, Password: c.Replication.Password},
 		Parameters:  params, HBA: c.PgHBA, OSUser: c.OSUser,
-		SpockSlotWorker: a.dyn.ReplicationProfile() == consulkv.ReplicationSpock,
+		Spock: a.dyn.ReplicationProfile() == consulkv.ReplicationSpock,
 	}, a.log.Named("pg"))
 	if err != nil {
 		return fmt.Errorf("postgresql config: %w", err)

@@ -14,7 +14,7 @@ import (
 // Spock on PostgreSQL 15/16 (DESIGN.md §5). pgmesh drives Spock's own slot
 // machinery instead of competing with it:
 //   - on replicas, Spock's spock_failover_slots worker keeps the leader's
-//     logical slots (pg.Config.SpockSlotWorker renders spock.primary_dsn
+//     logical slots (pg.Config.Spock renders spock.primary_dsn
 //     with a passfile so it authenticates, and follows leader changes);
 //     pgmesh's own slot copier, which needs a restart per new slot, is off;
 //   - on the leader, spock.pg_standby_slot_names holds Spock's logical

@@ -75,6 +75,8 @@ var postmasterParams = setOf(
 	"track_activity_query_size", "track_commit_timestamp", "unix_socket_directories",
 	"unix_socket_group", "unix_socket_permissions", "wal_buffers", "wal_decode_buffer_size",
 	"wal_level", "wal_log_hints",
+	// Spock's postmaster settings pgmesh writes.
+	"spock.use_native_failover_slots",
 )
 
 func setOf(names ...string) map[string]bool {
@@ -145,6 +147,9 @@ func (c Config) settingsFor(role Role, follow *FollowTarget, major int) []settin
 			s[n].value = strconv.Itoa(minSenders)
 		}
 	}
+	if c.Spock && major >= 17 {
+		s = append(s, setting{"spock.use_native_failover_slots", "on"})
+	}
 	if role == Replica && follow != nil {
 		ci := ConnInfo{
 			Host:           follow.Host,
@@ -167,7 +172,7 @@ func (c Config) settingsFor(role Role, follow *FollowTarget, major int) []settin
 		if slotSync {
 			s = append(s, setting{"sync_replication_slots", "on"})
 		}
-		if c.SpockSlotWorker && major < 17 {
+		if c.Spock && major < 17 {
 			// Spock's failover-slot worker (PostgreSQL 15/16) reads the
 			// leader's slots over a plain connection to a database.
 			dsn := ConnInfo{Host: follow.Host, Port: follow.Port, User: c.Superuser.User, DBName: "postgres",
@@ -406,7 +411,7 @@ func (i *Instance) WriteConfig(role Role, follow *FollowTarget) (changed, restar
 		changedWhat = append(changedWhat, mainConfFile)
 	}
 
-	if i.cfg.SpockSlotWorker {
+	if i.cfg.Spock {
 		if _, err := i.writeFileAtomic(i.cfg.passfilePath(), renderPassfile(i.cfg), 0o600); err != nil {
 			return changed, restartNeeded, fmt.Errorf("write config: %w", err)
 		}

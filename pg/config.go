@@ -60,12 +60,14 @@ type Config struct {
 	// (PostgreSQL refuses to run as root). Ignored when not root: then
 	// everything runs as the agent's own user.
 	OSUser string
-	// SpockSlotWorker configures Spock's failover-slot worker on a replica
-	// of PostgreSQL 15/16 (replication profile spock): spock.primary_dsn
-	// points at the leader with the superuser and a passfile, because the
-	// worker's fallback (primary_conninfo) carries a masked password and
-	// never authenticates.
-	SpockSlotWorker bool
+	// Spock: the member runs pgEdge Spock (replication profile spock). On
+	// PostgreSQL 15/16 a replica's spock.primary_dsn points Spock's
+	// failover-slot worker at the leader with the superuser and a passfile,
+	// because the worker's fallback (primary_conninfo) carries a masked
+	// password and never authenticates. On 17+ every member gets
+	// spock.use_native_failover_slots = on (Spock's slots become failover
+	// slots that PostgreSQL's own slot sync keeps).
+	Spock bool
 }
 
 // ConfigError reports an invalid Config field.

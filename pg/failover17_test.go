@@ -64,11 +64,11 @@ func TestUnitRenderConfPG17(t *testing.T) {
 
 // Spock's failover-slot worker (PostgreSQL 15/16) gets a DSN to the leader
 // that authenticates through a passfile, on replicas only.
-func TestSpockSlotWorkerSettings(t *testing.T) {
+func TestSpockSettings(t *testing.T) {
 	c := Config{Name: "n1-b", DataDir: "/data/n1-b", ListenAddr: "127.0.0.1", Port: 5433,
-		Superuser:       Credentials{User: "postgres", Password: `se:cr\et`},
-		Replication:     Credentials{User: "replicator", Password: "r"},
-		SpockSlotWorker: true}
+		Superuser:   Credentials{User: "postgres", Password: `se:cr\et`},
+		Replication: Credentials{User: "replicator", Password: "r"},
+		Spock:       true}
 	follow := &FollowTarget{Host: "10.0.0.1", Port: 5432, SlotName: "pgmesh_n1_b"}
 	r15 := parseManagedConf(renderConfFor(c, Replica, follow, 15))
 	want := "host='10.0.0.1' port='5432' user='postgres' dbname='postgres' application_name='n1-b-spock-slots' connect_timeout='5' passfile='/data/n1-b/pgmesh.pgpass'"
@@ -81,10 +81,16 @@ func TestSpockSlotWorkerSettings(t *testing.T) {
 	if p := parseManagedConf(renderConfFor(c, Primary, nil, 15)); p["spock.primary_dsn"] != "" {
 		t.Fatalf("primary renders spock.primary_dsn %q", p["spock.primary_dsn"])
 	}
-	if r := parseManagedConf(renderConfFor(c, Replica, follow, 17)); r["spock.primary_dsn"] != "" {
-		t.Fatalf("PostgreSQL 17 renders spock.primary_dsn %q (native slot sync instead)", r["spock.primary_dsn"])
+	if r := parseManagedConf(renderConfFor(c, Replica, follow, 17)); r["spock.primary_dsn"] != "" || r["spock.use_native_failover_slots"] != "on" {
+		t.Fatalf("PostgreSQL 17 replica: spock.primary_dsn %q (want none: native slot sync), spock.use_native_failover_slots %q", r["spock.primary_dsn"], r["spock.use_native_failover_slots"])
 	}
-	c.SpockSlotWorker = false
+	if p := parseManagedConf(renderConfFor(c, Primary, nil, 17)); p["spock.use_native_failover_slots"] != "on" {
+		t.Fatal("PostgreSQL 17 primary without spock.use_native_failover_slots")
+	}
+	if r15["spock.use_native_failover_slots"] != "" {
+		t.Fatal("PostgreSQL 15 renders spock.use_native_failover_slots")
+	}
+	c.Spock = false
 	if r := parseManagedConf(renderConfFor(c, Replica, follow, 15)); r["spock.primary_dsn"] != "" {
 		t.Fatal("native profile renders spock.primary_dsn")
 	}
