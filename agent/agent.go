@@ -85,6 +85,10 @@ type Agent struct {
 	// every loop.
 	lastConfigProblem string
 	consulDownFrom    time.Time
+	consulLoggedAt    time.Time
+	// consulRefused: the last failure was an ACL refusal, which retrying
+	// every second does not fix (the loop backs off instead).
+	consulRefused bool
 	// iAmLeaderNow, when set, overrides the observation's view of the
 	// lock for this round's publish (set by acquire/promote/release).
 	iAmLeaderNow *bool
@@ -341,7 +345,15 @@ func (a *Agent) Run(ctx context.Context) error {
 // renewed as soon as Consul is back.
 func (a *Agent) sleepTime() time.Duration {
 	d := a.dyn.LoopWait.D()
-	if !a.consulDownFrom.IsZero() && d > time.Second {
+	switch {
+	case !a.consulDownFrom.IsZero() && a.consulRefused:
+		// Refused for want of a permission: back off (loop_wait doubling
+		// with the time refused, at most 30s) instead of asking every loop.
+		for since := time.Since(a.consulDownFrom); d < 30*time.Second && since > 2*d; {
+			d *= 2
+		}
+		d = min(d, 30*time.Second)
+	case !a.consulDownFrom.IsZero() && d > time.Second:
 		d = time.Second
 	}
 	if !a.retryAcquireAt.IsZero() {

@@ -117,7 +117,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 			a.logProblems(g)
 			if !a.consulDownFrom.IsZero() {
 				a.log.Info("consul reachable again", zap.Duration("after", time.Since(a.consulDownFrom).Round(time.Millisecond)))
-				a.consulDownFrom = time.Time{}
+				a.consulDownFrom, a.consulRefused = time.Time{}, false
 			}
 		}
 	}
@@ -162,12 +162,26 @@ func (a *Agent) rollSession(ctx context.Context) {
 		zap.Duration("old_lock_delay", old.LockDelay), zap.Duration("lock_delay", next.LockDelay))
 }
 
+// noteConsulDown records a failed Consul round: "unreachable" only when
+// Consul could not be reached; a refusal (ACL) names the refused permission
+// as Consul gave it. The first failure is logged at once, a persisting one
+// again every minute; the REST status and the member message say it.
 func (a *Agent) noteConsulDown(err error) {
-	if a.consulDownFrom.IsZero() {
-		a.consulDownFrom = time.Now()
-		a.log.Warn("consul unreachable", zap.Error(err))
-		a.setState(func(s *health.MemberState) { s.Message = "consul unreachable: " + shortErr(err) })
+	what := "consul unreachable"
+	a.consulRefused = errors.Is(err, consulkv.ErrPermission)
+	if a.consulRefused {
+		what = "consul refused the request (ACL token lacks a permission)"
 	}
+	now := time.Now()
+	switch {
+	case a.consulDownFrom.IsZero():
+		a.consulDownFrom, a.consulLoggedAt = now, now
+		a.log.Warn(what, zap.Error(err))
+	case now.Sub(a.consulLoggedAt) >= time.Minute:
+		a.consulLoggedAt = now
+		a.log.Warn(what+" (still)", zap.Duration("for", now.Sub(a.consulDownFrom).Round(time.Second)), zap.Error(err))
+	}
+	a.setState(func(s *health.MemberState) { s.Message = what + ": " + shortErr(err) })
 }
 
 // refreshConfig reads the dynamic config, seeding it from bootstrap.dcs on

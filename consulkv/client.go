@@ -123,6 +123,12 @@ func (c *Client) MemberKey(group, member string) string {
 // Consul answering "no").
 var ErrUnreachable = errors.New("consul unreachable")
 
+// ErrPermission wraps Consul's refusals for want of an ACL permission: a
+// 403 (Consul's text names the missing permission) or a read whose results
+// Consul filtered out. It is never "unreachable": retrying does not help,
+// the token does.
+var ErrPermission = errors.New("Consul refused the request")
+
 func (c *Client) ctx(parent context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(parent, c.timeout)
 }
@@ -142,6 +148,9 @@ func classify(op string, err error) error {
 		return nil
 	}
 	var se api.StatusError
+	if errors.As(err, &se) && se.Code == http.StatusForbidden {
+		return fmt.Errorf("consulkv: %s: %w: %s", op, ErrPermission, strings.TrimSpace(se.Body))
+	}
 	if errors.As(err, &se) && se.Code < http.StatusInternalServerError {
 		return fmt.Errorf("consulkv: %s: %w", op, err)
 	}

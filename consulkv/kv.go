@@ -174,11 +174,15 @@ func (g *GroupView) MemberNames() []string {
 
 // ClusterView is one consistent read of the whole cluster.
 type ClusterView struct {
-	Index       uint64
-	Config      *ClusterConfig
-	ConfigIndex uint64
-	Groups      map[string]*GroupView
-	Problems    []error
+	Index uint64
+	// DefaultACLPolicy is Consul's default ACL policy as it answered the
+	// read ("deny": an empty view may mean a token that may not read it;
+	// Consul does not flag results it hid from the anonymous token).
+	DefaultACLPolicy string
+	Config           *ClusterConfig
+	ConfigIndex      uint64
+	Groups           map[string]*GroupView
+	Problems         []error
 }
 
 // GroupNames returns the groups sorted by name.
@@ -277,6 +281,14 @@ func (c *Client) DecodeGroup(group string, index uint64, pairs api.KVPairs) *Gro
 }
 
 func (c *Client) list(ctx context.Context, prefix string, waitIndex uint64, wait time.Duration) (api.KVPairs, uint64, error) {
+	pairs, meta, err := c.listMeta(ctx, prefix, waitIndex, wait)
+	if err != nil {
+		return nil, 0, err
+	}
+	return pairs, meta.LastIndex, nil
+}
+
+func (c *Client) listMeta(ctx context.Context, prefix string, waitIndex uint64, wait time.Duration) (api.KVPairs, *api.QueryMeta, error) {
 	var cancel context.CancelFunc
 	if waitIndex == 0 {
 		ctx, cancel = c.ctx(ctx)
@@ -290,9 +302,14 @@ func (c *Client) list(ctx context.Context, prefix string, waitIndex uint64, wait
 	}
 	pairs, meta, err := c.api.KV().List(prefix, q.WithContext(ctx))
 	if err != nil {
-		return nil, 0, classify("list "+prefix, err)
+		return nil, nil, classify("list "+prefix, err)
 	}
-	return pairs, meta.LastIndex, nil
+	if meta.ResultsFilteredByACLs {
+		// A partial view is worse than none: a hidden leader key reads as
+		// "no leader", a hidden config as "seed one".
+		return nil, nil, fmt.Errorf("consulkv: list %s: %w: keys filtered out by ACLs (the token needs key_prefix %q read)", prefix, ErrPermission, prefix)
+	}
+	return pairs, meta, nil
 }
 
 // ReadGroup reads all of a group's keys consistently.
@@ -340,11 +357,13 @@ func (c *Client) DecodeCluster(index uint64, pairs api.KVPairs) *ClusterView {
 
 // ReadCluster reads the whole cluster consistently.
 func (c *Client) ReadCluster(ctx context.Context) (*ClusterView, error) {
-	pairs, idx, err := c.list(ctx, c.ClusterPrefix(), 0, 0)
+	pairs, meta, err := c.listMeta(ctx, c.ClusterPrefix(), 0, 0)
 	if err != nil {
 		return nil, err
 	}
-	return c.DecodeCluster(idx, pairs), nil
+	v := c.DecodeCluster(meta.LastIndex, pairs)
+	v.DefaultACLPolicy = meta.DefaultACLPolicy
+	return v, nil
 }
 
 // ReadConfig returns the dynamic configuration and its ModifyIndex (nil, 0

@@ -56,9 +56,12 @@ type Config struct {
 	Consul     ConsulConfig      `yaml:"consul"`
 	Debounce   consulkv.Duration `yaml:"debounce"`
 	MaxDelay   consulkv.Duration `yaml:"max_delay"`
-	Log        LogConfig         `yaml:"log"`
-	Data       DataConfig        `yaml:"data"`
-	Templates  []EntryConfig     `yaml:"templates"`
+	// AllowEmpty installs outputs rendered from a mesh with no member
+	// address (Options.AllowEmpty); off by default.
+	AllowEmpty bool          `yaml:"allow_empty"`
+	Log        LogConfig     `yaml:"log"`
+	Data       DataConfig    `yaml:"data"`
+	Templates  []EntryConfig `yaml:"templates"`
 }
 
 // ConsulConfig says how to reach Consul; empty fields fall back to

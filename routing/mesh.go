@@ -23,6 +23,24 @@ type Mesh struct {
 	LocalGroup string
 	// Groups, sorted by name.
 	Groups []*Group
+	// NoKV: the cluster's KV tree read back empty although the catalog
+	// may list members (a token that may read the service but not the
+	// keys, a wrong prefix): leaders and roles are unknown.
+	NoKV bool
+}
+
+// Servers counts the members with a PostgreSQL address, i.e. what a
+// routing config could send clients to.
+func (m *Mesh) Servers() int {
+	n := 0
+	for _, g := range m.Groups {
+		for _, mem := range g.Members {
+			if mem.Host != "" && mem.Port != 0 {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // Group is one group of the mesh.
@@ -86,7 +104,7 @@ type Members []*Member
 // nil. Mesh.Cluster is taken from the service entries; callers that know
 // the cluster name set it (the Renderer does). BuildMesh does no I/O.
 func BuildMesh(view *consulkv.ClusterView, entries []*api.ServiceEntry, localGroup string) *Mesh {
-	m := &Mesh{LocalGroup: localGroup}
+	m := &Mesh{LocalGroup: localGroup, NoKV: view != nil && len(view.Groups) == 0}
 	groups := map[string]*Group{}
 	members := map[string]map[string]*Member{}
 	group := func(name string) *Group {

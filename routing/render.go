@@ -89,7 +89,18 @@ type Options struct {
 	// os.Stdout.
 	Log    *zap.Logger
 	Stdout io.Writer
+	// AllowEmpty lets a mesh with no member address be rendered and
+	// installed. Off, such a read (no token or one that cannot read the
+	// cluster, a wrong cluster or prefix, Consul answering nothing) never
+	// replaces what is installed: a routing config with no servers would
+	// cut every client off.
+	AllowEmpty bool
 }
+
+// ErrEmptyMesh: the mesh read from Consul has no member with an address,
+// or its KV tree read back empty, and Options.AllowEmpty is off; nothing
+// was installed.
+var ErrEmptyMesh = errors.New("the mesh read from Consul is empty")
 
 // Renderer keeps a set of templates rendered from the live mesh. Its
 // methods are not meant to run concurrently with each other: use Run, or
@@ -101,6 +112,8 @@ type Renderer struct {
 	entries []*entryState
 	// primaries is the last group -> primary map Run saw (for logging).
 	primaries map[string]string
+	// emptyLogged is the empty-mesh refusal last logged ("" none).
+	emptyLogged string
 }
 
 type entryState struct {
@@ -268,8 +281,12 @@ func (r *Renderer) RenderOnce(ctx context.Context) error {
 }
 
 // Render renders every entry from m and installs what changed, without
-// debounce. It needs no Consul client.
+// debounce. It needs no Consul client. An empty mesh is refused with
+// ErrEmptyMesh unless Options.AllowEmpty.
 func (r *Renderer) Render(ctx context.Context, m *Mesh) error {
+	if err := r.checkNotEmpty(m); err != nil {
+		return err
+	}
 	var errs []error
 	for _, e := range r.entries {
 		out, err := r.execute(e, m)
@@ -282,6 +299,24 @@ func (r *Renderer) Render(ctx context.Context, m *Mesh) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkNotEmpty refuses a mesh without a single member address (unless
+// AllowEmpty), naming the likely causes.
+func (r *Renderer) checkNotEmpty(m *Mesh) error {
+	if r.opts.AllowEmpty || (m.Servers() > 0 && !m.NoKV) {
+		return nil
+	}
+	prefix := ""
+	if r.opts.Client != nil {
+		prefix = r.opts.Client.ClusterPrefix()
+	}
+	what := "no member with an address"
+	if m.NoKV {
+		what = "no group readable in Consul's KV"
+	}
+	return fmt.Errorf("%w: %s (cluster %q, %d groups, KV prefix %q): a wrong cluster or prefix, a Consul token that may not read them (key_prefix read, service read), or a mesh not bootstrapped yet; keeping what is installed (allow_empty / --allow-empty installs it anyway)",
+		ErrEmptyMesh, what, m.Cluster, len(m.Groups), prefix)
 }
 
 // readDisk loads what Destination holds, once, so an unchanged file is

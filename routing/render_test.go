@@ -3,6 +3,7 @@ package routing
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -374,5 +375,45 @@ func TestRenderDataGroupPort(t *testing.T) {
 	}
 	if (&RenderData{}).GroupPort("n1") != 0 {
 		t.Fatal("port without mesh")
+	}
+}
+
+// A mesh read with no member address never replaces what is installed
+// (no token, a wrong cluster): a routing config with no servers would cut
+// every client off. AllowEmpty installs it anyway.
+func TestRenderRefusesAnEmptyMesh(t *testing.T) {
+	dir := t.TempDir()
+	tmpl := writeTemplate(t, dir, "p.tmpl", primariesTemplate)
+	dest := filepath.Join(dir, "p.txt")
+	r := newRenderer(t, Entry{Template: tmpl, Destination: dest})
+	if err := r.Render(context.Background(), standardMesh("n2")); err != nil {
+		t.Fatal(err)
+	}
+	good := readFile(t, dest)
+	catalogOnly := standardMesh("n2")
+	catalogOnly.NoKV = true // the token may read the service but not the keys
+	for _, empty := range []*Mesh{{Cluster: "mesh1"}, {Cluster: "mesh1", Groups: []*Group{{Name: "n1", Members: Members{{Name: "n1-a", Group: "n1"}}}}}, catalogOnly} {
+		err := r.Render(context.Background(), empty)
+		if !errors.Is(err, ErrEmptyMesh) || !strings.Contains(err.Error(), "keeping what is installed") {
+			t.Fatalf("empty mesh: %v", err)
+		}
+		if got := readFile(t, dest); got != good {
+			t.Fatalf("an empty mesh replaced the installed file: %q", got)
+		}
+	}
+	// The continuous path keeps the file too.
+	r.evaluate(context.Background(), &Mesh{Cluster: "mesh1"}, time.Now())
+	if _, ok := r.nextDue(); ok {
+		t.Fatal("an empty mesh was scheduled for installation")
+	}
+	allow, err := New(Options{Cluster: "mesh1", Entries: []Entry{{Template: tmpl, Destination: dest}}, AllowEmpty: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := allow.Render(context.Background(), &Mesh{Cluster: "mesh1"}); err != nil {
+		t.Fatalf("AllowEmpty: %v", err)
+	}
+	if got := readFile(t, dest); got != "cluster mesh1 local \n" {
+		t.Fatalf("AllowEmpty installed %q", got)
 	}
 }

@@ -186,6 +186,18 @@ func (r *Renderer) loop(ctx context.Context, meshes <-chan *Mesh) {
 // evaluate renders every entry from m in memory, runs the HAProxy hook and
 // records outputs that differ from the installed file as pending.
 func (r *Renderer) evaluate(ctx context.Context, m *Mesh, now time.Time) {
+	if err := r.checkNotEmpty(m); err != nil {
+		// Never install a config with no servers: the last good files stay.
+		if msg := err.Error(); msg != r.emptyLogged {
+			r.log.Error("not rendering", zap.Error(err))
+			r.emptyLogged = msg
+		}
+		return
+	}
+	if r.emptyLogged != "" {
+		r.log.Info("the mesh read from Consul has members again; rendering", zap.Int("servers", m.Servers()))
+		r.emptyLogged = ""
+	}
 	if pm := m.primaryMap(); r.primaries == nil || !maps.Equal(pm, r.primaries) {
 		r.log.Info("writable primaries", zap.Any("primaries", pm), zap.Int("groups", len(m.Groups)), zap.Int("members", len(m.AllMembers())))
 		r.primaries = pm

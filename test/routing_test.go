@@ -562,6 +562,20 @@ func TestRoutingConsulTemplate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A read of a cluster that is not there (a typo, or a token that may
+	// not read it) must never replace the rendered file with one that
+	// routes nowhere: --once exits 1, names the cause, the file stays.
+	if binaryHasRender(t) {
+		before := readText(svc)
+		b, err := exec.Command(testbed.PgmeshBinary(t), "render", "--once", "--consul", c.HTTPAddr, "--cluster", "itset",
+			"--local-group", "g1", "--template", "builtin:pg_service.conf.tmpl", "--dest", svc).CombinedOutput()
+		if err == nil || !strings.Contains(string(b), "the mesh read from Consul is empty") || !strings.Contains(string(b), "keeping what is installed") {
+			t.Fatalf("render --once of an empty mesh: %v\n%s", err, b)
+		}
+		if readText(svc) != before {
+			t.Fatal("an empty mesh replaced the rendered pg_service.conf")
+		}
+	}
 	psql := func(service, sql string) string {
 		t.Helper()
 		cmd := exec.Command("psql", "-X", "-At", "-c", sql, "service="+service)

@@ -30,6 +30,7 @@ func newApp() *cli.App {
 			reloadCommand(),
 			reinitCommand(),
 			renderCommand(),
+			consulPolicyCommand(),
 			demoCommand(),
 			completionCommand(),
 			versionCommand(),

@@ -86,6 +86,7 @@ func setting(c *cli.Context, name string) string {
 type opConn struct {
 	kv      *consulkv.Client
 	addr    string
+	token   string
 	cluster string
 	api     *apiClient
 	out     io.Writer
@@ -108,8 +109,12 @@ func newOpConn(c *cli.Context) (*opConn, error) {
 	if err != nil {
 		return nil, usageErr("%v", err)
 	}
+	token := setting(c, "token")
+	if token == "" {
+		token = os.Getenv("CONSUL_HTTP_TOKEN")
+	}
 	return &opConn{
-		kv: kv, addr: addr, cluster: cluster, out: c.App.Writer,
+		kv: kv, addr: addr, cluster: cluster, out: c.App.Writer, token: token,
 		api: &apiClient{user: setting(c, "api-user"), password: setting(c, "api-password")},
 	}, nil
 }
@@ -120,6 +125,9 @@ func newOpConn(c *cli.Context) (*opConn, error) {
 func (s *opConn) consulErr(err error) error {
 	if err == nil {
 		return nil
+	}
+	if errors.Is(err, consulkv.ErrPermission) {
+		return failErr("Consul at %s refused: %s (token from --token or CONSUL_HTTP_TOKEN%s)", s.addr, permissionText(err), tokenHint(s.token))
 	}
 	if errors.Is(err, consulkv.ErrUnreachable) {
 		var se api.StatusError
@@ -133,6 +141,23 @@ func (s *opConn) consulErr(err error) error {
 		return failErr("Consul at %s refused the request (%d): %s", s.addr, se.Code, strings.TrimSpace(se.Body))
 	}
 	return failErr("%s", trimPkg(err.Error()))
+}
+
+// permissionText is what Consul said when it refused (its text names the
+// missing permission), without consulkv's wrapping.
+func permissionText(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, consulkv.ErrPermission.Error()+": "); i >= 0 {
+		return msg[i+len(consulkv.ErrPermission.Error())+2:]
+	}
+	return trimPkg(msg)
+}
+
+func tokenHint(token string) string {
+	if token == "" {
+		return "; none was given, so Consul used its anonymous token"
+	}
+	return ""
 }
 
 // rootCause drops the request URL that net/http puts in front of the
@@ -162,6 +187,10 @@ func (s *opConn) readCluster(ctx context.Context) (*consulkv.ClusterView, error)
 		what := "no data"
 		if v.ConfigIndex != 0 {
 			what = "a config but no groups"
+		}
+		if v.DefaultACLPolicy == "deny" && v.ConfigIndex == 0 {
+			return nil, failErr("Consul at %s answered nothing under %s and denies by default (ACLs): the token (from --token or CONSUL_HTTP_TOKEN%s) may lack key_prefix %q read (pgmesh consul-policy readonly), or --cluster/--prefix is wrong",
+				s.addr, s.kv.ClusterPrefix(), tokenHint(s.token), s.kv.ClusterPrefix())
 		}
 		return nil, failErr("cluster %q has %s in Consul at %s (under %s); check --cluster and --prefix",
 			s.cluster, what, s.addr, s.kv.ClusterPrefix())

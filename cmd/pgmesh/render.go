@@ -36,6 +36,7 @@ Configuration file (--config), every key optional unless noted:
   consul: {address: 127.0.0.1:8500, token: "", prefix: pgmesh, datacenter: "",
            ca_file: "", cert_file: "", key_file: ""}
   debounce: 200ms                # quiet period before installing a change
+  allow_empty: false             # install even a config with no servers (see below)
   max_delay: 2s                  # longest wait while changes keep coming
   log: {level: info, format: json}
   data:                          # template data (RenderData) for all templates
@@ -58,6 +59,11 @@ Configuration file (--config), every key optional unless noted:
       haproxy_backends: [write, read_primaries, "group_*"]
       data: {ports: {write: 6000}}           # per-template overrides
 
+A mesh read with no member address at all (no token or one that cannot read the
+cluster, a wrong --cluster or --prefix, Consul answering nothing) is never
+installed: the last good file stays, --once exits 1 and the continuous mode
+logs why until the mesh is back. allow_empty / --allow-empty turns that off.
+
 Flags win over the file, the file over the environment (CONSUL_HTTP_ADDR,
 CONSUL_HTTP_TOKEN, PGMESH_CLUSTER, PGMESH_LOCAL_GROUP). --template/--dest add
 one more template to those of the file.`
@@ -72,7 +78,8 @@ func renderCommand() *cli.Command {
 		Description: renderDescription,
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "render configuration `FILE` (YAML, see the description)"},
-			&cli.BoolFlag{Name: "once", Usage: "render once and exit (exit 1 if any template failed)"},
+			&cli.BoolFlag{Name: "once", Usage: "render once and exit (exit 1 if any template failed or the mesh read was empty)"},
+			&cli.BoolFlag{Name: "allow-empty", Usage: "install outputs even when the mesh read from Consul has no member address (config allow_empty)"},
 			&cli.StringFlag{Name: "local-group", Usage: "the `GROUP` this router sits beside (env PGMESH_LOCAL_GROUP)"},
 			&cli.StringFlag{Name: "template", Aliases: []string{"t"}, Usage: "template: builtin:`NAME` or a file", Category: "Single template"},
 			&cli.StringFlag{Name: "dest", Usage: "destination `FILE` (- = stdout)", Category: "Single template"},
@@ -239,6 +246,7 @@ func runRender(c *cli.Context) error {
 	r, err := routing.New(routing.Options{
 		Client: kv, Cluster: cluster, LocalGroup: local, Entries: entries, Data: data,
 		Debounce: debounce, MaxDelay: maxDelay, Log: log, Stdout: c.App.Writer,
+		AllowEmpty: cfg.AllowEmpty || c.Bool("allow-empty"),
 	})
 	if err != nil {
 		return usageErr("render: %s", strings.TrimPrefix(err.Error(), "routing: "))

@@ -1,6 +1,7 @@
 package testbed
 
 import (
+	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,6 +21,9 @@ type Consul struct {
 	DNSAddr  string
 	Dir      string
 	NodeName string
+	// ManagementToken is the initial management token when the agent runs
+	// with ACLs (ConsulOptions.ACL); Client uses it.
+	ManagementToken string
 
 	t       testing.TB
 	bin     string
@@ -37,6 +41,10 @@ type ConsulOptions struct {
 	// ClientAddrs are addresses the HTTP and DNS API listen on besides
 	// 127.0.0.1 (e.g. a Netns bridge address, for members in namespaces).
 	ClientAddrs []string
+	// ACL runs Consul as production does: ACLs on, default policy deny, an
+	// initial management token (Consul.ManagementToken, also the agent's
+	// own token for its node registration) and nothing else allowed.
+	ACL bool
 }
 
 // StartConsul starts a Consul server in dev-like single-node mode with a
@@ -102,6 +110,20 @@ ports {
 performance { raft_multiplier = 1 }
 dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
 `, c.NodeName, filepath.Join(dir, "data"), opts.SessionTTLMin.String(), http, dns, server, serfLAN, serfWAN)
+	if opts.ACL {
+		c.ManagementToken = randomUUID()
+		hcl += fmt.Sprintf(`
+acl {
+  enabled = true
+  default_policy = "deny"
+  down_policy = "extend-cache"
+  tokens {
+    initial_management = %q
+    agent = %q
+  }
+}
+`, c.ManagementToken, c.ManagementToken)
+	}
 	if len(opts.ClientAddrs) > 0 {
 		addrs := strings.Join(append([]string{"127.0.0.1"}, opts.ClientAddrs...), " ")
 		hcl = strings.Replace(hcl, `client_addr = "127.0.0.1"`, fmt.Sprintf("client_addr = %q", addrs), 1)
@@ -190,12 +212,23 @@ func (c *Consul) waitReady(timeout time.Duration) error {
 func (c *Consul) Client() *api.Client {
 	cfg := api.DefaultConfig()
 	cfg.Address = c.HTTPAddr
-	cfg.Token = ""
+	cfg.Token = c.ManagementToken
 	cl, err := api.NewClient(cfg)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	return cl
+}
+
+// randomUUID is a random RFC 4122 version 4 UUID (Consul's token format).
+func randomUUID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
 // Stop terminates the agent (idempotent).
