@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,6 +71,9 @@ type Agent struct {
 	lastProblems map[string]bool
 	slotMembers  map[string]time.Time
 	lastGroup    *consulkv.GroupView
+	// lastGroupView is lastGroup for other goroutines (the REST API's
+	// allowlist of group members).
+	lastGroupView atomic.Pointer[consulkv.GroupView]
 	// syncNames is the synchronous_standby_names the leader wants.
 	syncNames string
 	// replies tells standbys that stopped replying (sync.go).
@@ -154,12 +158,88 @@ func New(cfg *Config, log *zap.Logger) (*Agent, error) {
 		Cluster: cfg.Cluster, Group: cfg.Group, Name: cfg.Name, Role: consulkv.RoleUnknown, State: "starting",
 		Tags: cfg.MemberTags(), APIURL: a.apiURL(), ConnURL: a.connURL(), TTL: a.dyn.TTL.D(),
 	}
+	allow, err := a.mutationAllowlist()
+	if err != nil {
+		return nil, err
+	}
 	a.api = health.NewServer(a, health.Options{
-		Listen: cfg.RestAPI.Listen,
-		Auth:   a.basicAuth(),
-		Log:    log.Named("api"),
+		Listen:          cfg.RestAPI.Listen,
+		Auth:            a.basicAuth(),
+		RefuseMutations: a.refuseMutations(),
+		Allow:           allow,
+		Log:             log.Named("api"),
 	})
 	return a, nil
+}
+
+// refuseMutations is why the REST API refuses every mutating request: it
+// listens beyond loopback and nothing authenticates callers (no
+// credentials), unless restapi.allow_unauthenticated says otherwise.
+func (a *Agent) refuseMutations() string {
+	r := a.cfg.RestAPI
+	if !a.cfg.ListensBeyondLoopback() || r.Username != "" || r.AllowUnauthenticated {
+		return ""
+	}
+	return fmt.Sprintf("mutating requests are refused: the REST API listens on %s (reachable from other hosts) and no credentials are configured; set restapi.username and restapi.password (or *_file), or restapi.allow_unauthenticated: true to accept them from anyone", r.Listen)
+}
+
+// mutationAllowlist builds the address filter of mutating requests from
+// restapi.allowlist and, with allowlist_include_members, the hosts of the
+// group's members as the agent last read them (nil: no filter).
+func (a *Agent) mutationAllowlist() (func(net.IP) bool, error) {
+	r := a.cfg.RestAPI
+	if len(r.Allowlist) == 0 && !r.AllowlistIncludeMembers {
+		return nil, nil
+	}
+	nets, err := parseAllowlist(r.Allowlist)
+	if err != nil {
+		return nil, err
+	}
+	return func(ip net.IP) bool {
+		for _, n := range nets {
+			if n.Contains(ip) {
+				return true
+			}
+		}
+		if r.AllowlistIncludeMembers {
+			for _, m := range a.groupMemberHosts() {
+				if m.Equal(ip) {
+					return true
+				}
+			}
+		}
+		return false
+	}, nil
+}
+
+// groupMemberHosts are the addresses of the group's members (PostgreSQL
+// and REST hosts) from the last group read.
+func (a *Agent) groupMemberHosts() []net.IP {
+	g := a.lastGroupView.Load()
+	if g == nil {
+		return nil
+	}
+	var out []net.IP
+	for _, m := range g.Members {
+		for _, h := range []string{m.Host, hostOf(m.APIURL)} {
+			if ip := net.ParseIP(h); ip != nil {
+				out = append(out, ip)
+			} else if h != "" {
+				if ips, err := net.LookupIP(h); err == nil {
+					out = append(out, ips...)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func hostOf(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }
 
 func (a *Agent) basicAuth() *health.BasicAuth {
@@ -298,6 +378,12 @@ func (a *Agent) Wake() {
 func (a *Agent) Run(ctx context.Context) error {
 	a.started = time.Now()
 	a.log.Info("pgmesh agent starting", zap.String("version", version.Version), zap.String("api", a.apiURL()), zap.String("postgres", a.connURL()))
+	switch {
+	case a.refuseMutations() != "":
+		a.log.Warn("REST API: " + a.refuseMutations())
+	case a.cfg.ListensBeyondLoopback() && a.cfg.RestAPI.Username == "" && a.cfg.RestAPI.AllowUnauthenticated:
+		a.log.Error("REST API: accepting switchover, failover, restart, reinitialize and config changes from anyone who reaches " + a.cfg.RestAPI.Listen + " without credentials (restapi.allow_unauthenticated is set)")
+	}
 	fw, err := startFenceWatchdog(a.log, a.pgi)
 	if err != nil {
 		return err

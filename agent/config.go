@@ -55,8 +55,22 @@ type ConsulConfig struct {
 type RestAPIConfig struct {
 	Listen         string `yaml:"listen"`
 	ConnectAddress string `yaml:"connect_address"`
-	Username       string `yaml:"username"`
-	Password       string `yaml:"password"`
+	// Username and Password protect the mutating endpoints (basic auth);
+	// UsernameFile / PasswordFile read them from files instead (trailing
+	// newline dropped), so they stay out of the config file.
+	Username     string `yaml:"username"`
+	Password     string `yaml:"password"`
+	UsernameFile string `yaml:"username_file"`
+	PasswordFile string `yaml:"password_file"`
+	// Allowlist limits the addresses that may send mutating requests
+	// (CIDRs or addresses); AllowlistIncludeMembers adds the hosts of the
+	// group's members (from their member keys).
+	Allowlist               []string `yaml:"allowlist"`
+	AllowlistIncludeMembers bool     `yaml:"allowlist_include_members"`
+	// AllowUnauthenticated lets a REST API that listens beyond loopback
+	// accept mutating requests without credentials. Off by default: such
+	// an API refuses them (and says so at start and in every 403).
+	AllowUnauthenticated bool `yaml:"allow_unauthenticated"`
 }
 
 // Credentials of a PostgreSQL role.
@@ -154,6 +168,9 @@ func ParseConfig(data []byte, environ []string) (*Config, error) {
 		return nil, err
 	}
 	cfg.applyDefaults()
+	if err := cfg.readSecretFiles(); err != nil {
+		return nil, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -325,6 +342,9 @@ func (c *Config) Validate() error {
 	if (c.RestAPI.Username == "") != (c.RestAPI.Password == "") {
 		return fmt.Errorf("config: restapi.username and restapi.password go together")
 	}
+	if _, err := parseAllowlist(c.RestAPI.Allowlist); err != nil {
+		return fmt.Errorf("config: restapi.allowlist: %w", err)
+	}
 	if c.Tags.FailoverPriority < 0 {
 		return fmt.Errorf("config: tags.failover_priority %d must not be negative", c.Tags.FailoverPriority)
 	}
@@ -351,6 +371,71 @@ func (c *Config) Validate() error {
 // rules depend on (published in its member key).
 func (c *Config) Settings() consulkv.MemberSettings {
 	return consulkv.MemberSettings{Member: c.Name, SessionChecks: c.Consul.SessionChecks}
+}
+
+// readSecretFiles fills restapi.username/password from their *_file
+// settings (read once, when the configuration is loaded; never logged).
+func (c *Config) readSecretFiles() error {
+	for _, f := range []struct {
+		name string
+		file string
+		dst  *string
+	}{{"restapi.username", c.RestAPI.UsernameFile, &c.RestAPI.Username}, {"restapi.password", c.RestAPI.PasswordFile, &c.RestAPI.Password}} {
+		if f.file == "" {
+			continue
+		}
+		if *f.dst != "" {
+			return fmt.Errorf("config: %s and %s_file are both set; use one", f.name, f.name)
+		}
+		b, err := os.ReadFile(f.file)
+		if err != nil {
+			return fmt.Errorf("config: %s_file: %w", f.name, err)
+		}
+		*f.dst = strings.TrimRight(string(b), "\r\n")
+		if *f.dst == "" {
+			return fmt.Errorf("config: %s_file %s is empty", f.name, f.file)
+		}
+	}
+	return nil
+}
+
+// parseAllowlist turns CIDRs and single addresses into networks.
+func parseAllowlist(list []string) ([]*net.IPNet, error) {
+	var out []*net.IPNet
+	for _, e := range list {
+		e = strings.TrimSpace(e)
+		if !strings.Contains(e, "/") {
+			ip := net.ParseIP(e)
+			if ip == nil {
+				return nil, fmt.Errorf("%q is neither an address nor a CIDR", e)
+			}
+			bits := 32
+			if ip.To4() == nil {
+				bits = 128
+			}
+			e = fmt.Sprintf("%s/%d", ip, bits)
+		}
+		_, n, err := net.ParseCIDR(e)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %v", e, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// ListensBeyondLoopback reports whether the REST API can be reached from
+// other hosts (a wildcard or non-loopback listen address).
+func (c *Config) ListensBeyondLoopback() bool {
+	host, _, err := net.SplitHostPort(c.RestAPI.Listen)
+	if err != nil {
+		return true
+	}
+	if host == "localhost" {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
 }
 
 // MemberTags converts the tags to their stored form.

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +117,33 @@ func TestPrimaryStartTimeoutFromYAMLAndEnv(t *testing.T) {
 	}
 	if _, err := ParseConfig([]byte(base+"bootstrap:\n  dcs:\n    primary_start_timeout: 2h\n"), nil); err == nil || !strings.Contains(err.Error(), "primary_start_timeout") {
 		t.Fatalf("2h: want an error naming primary_start_timeout, got %v", err)
+	}
+}
+
+func TestRestAPISecrets(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "u"), []byte("ops\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "p"), []byte("pw\r\n"), 0o600)
+	cfg, err := ParseConfig([]byte(minimalYAML+"restapi: {listen: 0.0.0.0:8008, username_file: "+filepath.Join(dir, "u")+", password_file: "+filepath.Join(dir, "p")+"}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.RestAPI.Username != "ops" || cfg.RestAPI.Password != "pw" {
+		t.Fatalf("credentials from files: %q %q", cfg.RestAPI.Username, cfg.RestAPI.Password)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"restapi: {username: a, username_file: " + filepath.Join(dir, "u") + ", password: b}\n", "restapi.username and restapi.username_file are both set"},
+		{"restapi: {username: a, password_file: /nonexistent/p}\n", "restapi.password_file"},
+		{"restapi: {allowlist: [10.0.0.0/8, nonsense]}\n", "restapi.allowlist"},
+	} {
+		if _, err := ParseConfig([]byte(minimalYAML+tc.yaml), nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error naming %q", tc.yaml, err, tc.want)
+		}
+	}
+	for listen, beyond := range map[string]bool{"127.0.0.1:8008": false, "localhost:8008": false, "[::1]:8008": false, "0.0.0.0:8008": true, ":8008": true, "10.1.2.3:8008": true} {
+		c := &Config{RestAPI: RestAPIConfig{Listen: listen}}
+		if got := c.ListensBeyondLoopback(); got != beyond {
+			t.Errorf("%s: beyond loopback %v, want %v", listen, got, beyond)
+		}
 	}
 }

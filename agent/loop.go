@@ -114,6 +114,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 			a.lock.Resolve(ctx, leaderSession)
 			o.Group = g
 			a.lastGroup = g
+			a.lastGroupView.Store(g)
 			a.logProblems(g)
 			if !a.consulDownFrom.IsZero() {
 				a.log.Info("consul reachable again", zap.Duration("after", time.Since(a.consulDownFrom).Round(time.Millisecond)))

@@ -43,6 +43,13 @@ type Options struct {
 	// Auth, when set, is required on POST, PATCH, PUT and DELETE. Reads stay
 	// open because HAProxy and peers poll them without credentials.
 	Auth *BasicAuth
+	// RefuseMutations, when set, is why every mutating request is refused
+	// (403 with this text): the API is reachable from the network and
+	// nothing authenticates callers.
+	RefuseMutations string
+	// Allow, when set, decides which client addresses may send mutating
+	// requests (restapi.allowlist, members of the group); others get 403.
+	Allow func(ip net.IP) bool
 	Log  *zap.Logger
 	// SwitchoverTimeout bounds how long POST /switchover and /failover wait
 	// for the new leader (DefaultSwitchoverTimeout when zero).
@@ -213,10 +220,22 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 		writeText(w, r, http.StatusMethodNotAllowed, "method not allowed")
 		return
 	}
-	if isMutating(r.Method) && !s.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Basic realm="pgmesh"`)
-		writeText(w, r, http.StatusUnauthorized, "authentication required")
-		return
+	if isMutating(r.Method) {
+		if s.opts.RefuseMutations != "" {
+			writeText(w, r, http.StatusForbidden, s.opts.RefuseMutations)
+			return
+		}
+		if s.opts.Allow != nil {
+			if ip := remoteIP(r); ip == nil || !s.opts.Allow(ip) {
+				writeText(w, r, http.StatusForbidden, fmt.Sprintf("address %s is not allowed to change this member (restapi.allowlist)", r.RemoteAddr))
+				return
+			}
+		}
+		if !s.authorized(r) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="pgmesh"`)
+			writeText(w, r, http.StatusUnauthorized, "authentication required")
+			return
+		}
 	}
 	if r.Body != nil {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
@@ -234,6 +253,15 @@ func (rt *route) allowed() []string {
 	}
 	sort.Strings(m)
 	return m
+}
+
+// remoteIP is the client's address (nil when unparsable).
+func remoteIP(r *http.Request) net.IP {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return net.ParseIP(host)
 }
 
 // authorized compares hashes in constant time so neither the length nor a

@@ -496,3 +496,18 @@ func TestShutdownEndsSwitchoverPoll(t *testing.T) {
 		t.Errorf("Shutdown took %s", d)
 	}
 }
+
+func TestMutationPolicy(t *testing.T) {
+	f := &fakeCtl{state: primaryState(), cfg: baseConfig(), cfgIndex: 1}
+	refuse := newTestServer(f, Options{RefuseMutations: "mutating requests are refused: no credentials"}).Handler()
+	if code, body, _ := do(t, refuse, http.MethodPost, "/restart", ""); code != 403 || !strings.Contains(body, "no credentials") {
+		t.Fatalf("refused server: POST /restart = %d %q", code, body)
+	}
+	if code, _, _ := do(t, refuse, http.MethodGet, "/primary", ""); code != 200 {
+		t.Fatalf("refused server: GET /primary = %d (health stays open)", code)
+	}
+	deny := newTestServer(f, Options{Allow: func(ip net.IP) bool { return ip.Equal(net.ParseIP("10.0.0.9")) }}).Handler()
+	if code, body, _ := do(t, deny, http.MethodPost, "/reload", ""); code != 403 || !strings.Contains(body, "restapi.allowlist") {
+		t.Fatalf("allowlist: POST /reload from outside = %d %q", code, body)
+	}
+}

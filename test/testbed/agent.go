@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -79,6 +80,11 @@ type AgentSpec struct {
 	BinDir string
 	// Env is added to the agent's environment (e.g. PGMESH_FAULT_POINT).
 	Env []string
+	// RestAPIExtra is extra YAML under restapi: (e.g. "username: u").
+	// RestAPIAnyAddress makes the REST API listen on every address (its
+	// connect address stays 127.0.0.1), as a production member does.
+	RestAPIExtra      string
+	RestAPIAnyAddress bool
 }
 
 func (s AgentSpec) binDir() string {
@@ -133,6 +139,13 @@ func NewAgent(t testing.TB, spec AgentSpec) *Agent {
 		CfgPath: filepath.Join(dir, "pgmesh.yml"), bin: PgmeshBinary(t), t: t,
 	}
 	tags := indent(spec.Tags)
+	restExtra := indent(spec.RestAPIExtra)
+	if spec.Netns != nil {
+		// The namespace members' REST APIs listen on their bridge address,
+		// beyond loopback; the partition tests post to them without
+		// credentials (the loud opt-out, see README "Security").
+		restExtra += "  allow_unauthenticated: true\n"
+	}
 	cfg := fmt.Sprintf(`cluster: %s
 group: %s
 name: %s
@@ -140,7 +153,7 @@ consul:
   address: %s
 %srestapi:
   listen: %s
-postgresql:
+%spostgresql:
   data_dir: %s
   bin_dir: %s
   listen: 127.0.0.1
@@ -159,8 +172,12 @@ tags:
 %slog:
   level: debug
   format: json
-%s`, spec.Cluster, spec.Group, spec.Name, spec.ConsulAddr, indent(spec.ConsulExtra), a.APIAddr, a.DataDir, spec.binDir(), a.PGPort,
+%s`, spec.Cluster, spec.Group, spec.Name, spec.ConsulAddr, indent(spec.ConsulExtra), a.APIAddr, restExtra, a.DataDir, spec.binDir(), a.PGPort,
 		tags, spec.TTL, spec.LoopWait, spec.RetryTimeout, spec.LockDelay, indent(indent(spec.DCSExtra)), spec.ExtraYAML)
+	if spec.RestAPIAnyAddress {
+		_, port, _ := net.SplitHostPort(a.APIAddr)
+		cfg = strings.Replace(cfg, "restapi:\n  listen: "+a.APIAddr+"\n", "restapi:\n  listen: 0.0.0.0:"+port+"\n  connect_address: "+a.APIAddr+"\n", 1)
+	}
 	if spec.Host != "" {
 		cfg = strings.Replace(cfg, "\n  listen: 127.0.0.1\n", "\n  listen: "+spec.Host+"\n", 1)
 	}
