@@ -50,7 +50,7 @@ type Options struct {
 	// Allow, when set, decides which client addresses may send mutating
 	// requests (restapi.allowlist, members of the group); others get 403.
 	Allow func(ip net.IP) bool
-	Log  *zap.Logger
+	Log   *zap.Logger
 	// SwitchoverTimeout bounds how long POST /switchover and /failover wait
 	// for the new leader (DefaultSwitchoverTimeout when zero).
 	SwitchoverTimeout time.Duration
