@@ -132,7 +132,7 @@ func New(cfg *Config, log *zap.Logger) (*Agent, error) {
 	kv, err := consulkv.New(consulkv.Config{
 		Address: cfg.Consul.Address, Scheme: cfg.Consul.Scheme, Token: cfg.Consul.Token,
 		Datacenter: cfg.Consul.Datacenter, CAFile: cfg.Consul.CAFile, CertFile: cfg.Consul.CertFile,
-		KeyFile: cfg.Consul.KeyFile, InsecureSkipVerify: cfg.Consul.InsecureSkipVerify,
+		KeyFile: cfg.Consul.KeyFile, InsecureSkipVerify: cfg.Consul.InsecureSkipVerify, TLSServerName: cfg.Consul.TLSServerName,
 		Prefix: cfg.Consul.Prefix, Cluster: cfg.Cluster,
 		RequestTimeout: cfg.Bootstrap.DCS.ClusterConfig().RetryTimeout.D(),
 	})

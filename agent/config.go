@@ -38,6 +38,7 @@ type ConsulConfig struct {
 	CertFile           string `yaml:"cert_file"`
 	KeyFile            string `yaml:"key_file"`
 	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+	TLSServerName      string `yaml:"tls_server_name"`
 	Prefix             string `yaml:"prefix"`
 	// ServiceTags are added to the member's service registration.
 	ServiceTags []string `yaml:"service_tags"`

@@ -26,8 +26,11 @@ type Config struct {
 	KeyFile    string
 	// InsecureSkipVerify disables TLS verification (tests only).
 	InsecureSkipVerify bool
-	Prefix             string // default "pgmesh"
-	Cluster            string
+	// TLSServerName is the name Consul's certificate is checked against
+	// (default: the address's host).
+	TLSServerName string
+	Prefix        string // default "pgmesh"
+	Cluster       string
 	// RequestTimeout bounds every non-blocking request (default 5s).
 	RequestTimeout time.Duration
 }
@@ -74,6 +77,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.InsecureSkipVerify {
 		ac.TLSConfig.InsecureSkipVerify = true
+	}
+	if cfg.TLSServerName != "" {
+		ac.TLSConfig.Address = cfg.TLSServerName
 	}
 	cl, err := api.NewClient(ac)
 	if err != nil {

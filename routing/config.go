@@ -74,6 +74,8 @@ type ConsulConfig struct {
 	CAFile     string `yaml:"ca_file"`
 	CertFile   string `yaml:"cert_file"`
 	KeyFile    string `yaml:"key_file"`
+	// TLSServerName is the name Consul's certificate is checked against.
+	TLSServerName string `yaml:"tls_server_name"`
 }
 
 // LogConfig is the logger's format (json|console) and level.

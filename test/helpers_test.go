@@ -30,7 +30,8 @@ type group struct {
 // member's Consul address (nil = the Consul agent directly).
 func startGroup(t *testing.T, c *testbed.Consul, name string, n int, consulAddr func(member string) string, tweak func(*testbed.AgentSpec)) *group {
 	t.Helper()
-	kv, err := consulkv.New(consulkv.Config{Address: c.HTTPAddr, Cluster: "itest", Token: c.ManagementToken})
+	kv, err := consulkv.New(consulkv.Config{Address: c.HTTPAddr, Cluster: "itest", Token: c.ManagementToken,
+		CAFile: c.CAFile, CertFile: c.ClientCert, KeyFile: c.ClientKey})
 	if err != nil {
 		t.Fatal(err)
 	}

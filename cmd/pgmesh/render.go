@@ -34,7 +34,7 @@ Configuration file (--config), every key optional unless noted:
   cluster: mesh1                 # required here, with --cluster or PGMESH_CLUSTER
   local_group: n1                # the group this router sits beside
   consul: {address: 127.0.0.1:8500, token: "", prefix: pgmesh, datacenter: "",
-           ca_file: "", cert_file: "", key_file: ""}
+           ca_file: "", cert_file: "", key_file: "", tls_server_name: ""}
   debounce: 200ms                # quiet period before installing a change
   allow_empty: false             # install even a config with no servers (see below)
   max_delay: 2s                  # longest wait while changes keep coming
@@ -236,7 +236,7 @@ func runRender(c *cli.Context) error {
 	kv, err := consulkv.New(consulkv.Config{
 		Address: pick(c, "consul", cfg.Consul.Address), Token: pick(c, "token", cfg.Consul.Token),
 		Prefix: pick(c, "prefix", cfg.Consul.Prefix), Datacenter: cfg.Consul.Datacenter,
-		CAFile: cfg.Consul.CAFile, CertFile: cfg.Consul.CertFile, KeyFile: cfg.Consul.KeyFile,
+		CAFile: cfg.Consul.CAFile, CertFile: cfg.Consul.CertFile, KeyFile: cfg.Consul.KeyFile, TLSServerName: cfg.Consul.TLSServerName,
 		Cluster: cluster,
 	})
 	if err != nil {

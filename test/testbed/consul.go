@@ -24,6 +24,12 @@ type Consul struct {
 	// ManagementToken is the initial management token when the agent runs
 	// with ACLs (ConsulOptions.ACL); Client uses it.
 	ManagementToken string
+	// With ConsulOptions.TLS: the CA and a client certificate and key
+	// (made by `consul tls`, readable by the PostgreSQL OS user), and
+	// HTTPAddr is https://127.0.0.1:port.
+	CAFile, ClientCert, ClientKey string
+
+	certDir string
 
 	t       testing.TB
 	bin     string
@@ -41,6 +47,10 @@ type ConsulOptions struct {
 	// ClientAddrs are addresses the HTTP and DNS API listen on besides
 	// 127.0.0.1 (e.g. a Netns bridge address, for members in namespaces).
 	ClientAddrs []string
+	// TLS serves the HTTP API over HTTPS only, with verify_incoming: every
+	// client needs a certificate from the test CA (Consul.ClientCert). DNS
+	// stays plain UDP.
+	TLS bool
 	// ACL runs Consul as production does: ACLs on, default policy deny, an
 	// initial management token (Consul.ManagementToken, also the agent's
 	// own token for its node registration) and nothing else allowed.
@@ -110,6 +120,24 @@ ports {
 performance { raft_multiplier = 1 }
 dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
 `, c.NodeName, filepath.Join(dir, "data"), opts.SessionTTLMin.String(), http, dns, server, serfLAN, serfWAN)
+	if opts.TLS {
+		if err := c.makeCerts(); err != nil {
+			return nil, err
+		}
+		hcl = strings.Replace(hcl, fmt.Sprintf("  http = %d\n", http), fmt.Sprintf("  http = -1\n  https = %d\n", http), 1)
+		hcl += fmt.Sprintf(`
+tls {
+  defaults {
+    ca_file = %q
+    cert_file = %q
+    key_file = %q
+    verify_incoming = true
+    verify_outgoing = true
+  }
+}
+`, c.CAFile, filepath.Join(c.certDir, "dc1-server-consul-0.pem"), filepath.Join(c.certDir, "dc1-server-consul-0-key.pem"))
+		c.HTTPAddr = "https://" + c.HTTPAddr
+	}
 	if opts.ACL {
 		c.ManagementToken = randomUUID()
 		hcl += fmt.Sprintf(`
@@ -211,13 +239,44 @@ func (c *Consul) waitReady(timeout time.Duration) error {
 // Client returns a consul/api client for the agent.
 func (c *Consul) Client() *api.Client {
 	cfg := api.DefaultConfig()
-	cfg.Address = c.HTTPAddr
+	cfg.Address = strings.TrimPrefix(c.HTTPAddr, "https://")
 	cfg.Token = c.ManagementToken
+	if c.CAFile != "" {
+		cfg.Scheme = "https"
+		cfg.TLSConfig = api.TLSConfig{CAFile: c.CAFile, CertFile: c.ClientCert, KeyFile: c.ClientKey}
+	}
 	cl, err := api.NewClient(cfg)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	return cl
+}
+
+// makeCerts creates a CA, a server and a client certificate with `consul
+// tls` in a directory the PostgreSQL OS user can read (agents load them).
+func (c *Consul) makeCerts() error {
+	c.certDir = OwnedDir(c.t)
+	for _, args := range [][]string{{"tls", "ca", "create"}, {"tls", "cert", "create", "-server", "-dc", "dc1"}, {"tls", "cert", "create", "-client", "-dc", "dc1"}} {
+		cmd := exec.Command(c.bin, args...)
+		cmd.Dir = c.certDir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("testbed: consul %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	u, err := PostgresOSUser()
+	if err != nil {
+		return err
+	}
+	if u != nil {
+		ents, _ := os.ReadDir(c.certDir)
+		for _, e := range ents {
+			os.Chown(filepath.Join(c.certDir, e.Name()), int(u.UID), int(u.GID))
+		}
+	}
+	c.CAFile = filepath.Join(c.certDir, "consul-agent-ca.pem")
+	c.ClientCert = filepath.Join(c.certDir, "dc1-client-consul-0.pem")
+	c.ClientKey = filepath.Join(c.certDir, "dc1-client-consul-0-key.pem")
+	return nil
 }
 
 // randomUUID is a random RFC 4122 version 4 UUID (Consul's token format).
