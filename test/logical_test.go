@@ -133,19 +133,7 @@ func logicalFailover(t *testing.T, mode string) {
 		}
 		return nil
 	})
-	testbed.Eventually(t, 60*time.Second, "A's standby reports current logical slot copies", func() error {
-		v, err := ga.kv.ReadGroup(ctx, "ga")
-		if err != nil {
-			return err
-		}
-		if v.Status == nil || len(v.Status.LogicalSlots) == 0 {
-			return errors.New("leader publishes no logical slots")
-		}
-		if m := v.Members[standby]; m == nil || !m.LogicalSlotsReady {
-			return fmt.Errorf("%s not ready", standby)
-		}
-		return nil
-	})
+	waitLogicalSlotsReady(t, ga, standby)
 
 	if mode == "sync" {
 		// The state this case means to test: the standby is the listed

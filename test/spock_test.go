@@ -297,14 +297,15 @@ func (m *spockMesh) spockLogProblems() []string {
 	return out
 }
 
-// waitSpockSlotsReady waits until standby reports the logical slots Spock's
-// failover-slot worker synced as current (logical_slots_ready). A standby
-// promoted before that has only what Spock persists at the promotion ("after
-// promotion interrupted WAL catchup"): positions of its own, from which a
-// subscriber may skip changes.
-func waitSpockSlotsReady(t *testing.T, g *group, standby string) {
+// waitLogicalSlotsReady waits until standby reports current copies of the
+// leader's logical slots (logical_slots_ready: pgmesh's copies, Spock's
+// synced slots or PostgreSQL 17's). A Spock standby promoted before that has
+// only what Spock persists at the promotion ("after promotion interrupted
+// WAL catchup"): positions of its own, from which a subscriber may skip
+// changes.
+func waitLogicalSlotsReady(t *testing.T, g *group, standby string) {
 	t.Helper()
-	testbed.Eventually(t, 60*time.Second, g.name+"'s standby "+standby+" reports the slots Spock synced as ready", func() error {
+	testbed.Eventually(t, 60*time.Second, g.name+"'s standby "+standby+" reports its logical slots ready", func() error {
 		v, err := g.kv.ReadGroup(context.Background(), g.name)
 		if err != nil {
 			return err
@@ -335,7 +336,7 @@ func TestSpockMesh(t *testing.T) {
 	if standby == la {
 		standby = sa.order[1]
 	}
-	waitSpockSlotsReady(t, sa, standby)
+	waitLogicalSlotsReady(t, sa, standby)
 	var standbySlots string
 	withConn(sa, la, func(c *pgx.Conn) error {
 		return c.QueryRow(ctx, "SELECT current_setting('spock.pg_standby_slot_names')").Scan(&standbySlots)
@@ -509,7 +510,7 @@ func TestSpockMeshSync(t *testing.T) {
 		}
 		return nil
 	})
-	waitSpockSlotsReady(t, sa, standby)
+	waitLogicalSlotsReady(t, sa, standby)
 	wa, wb := startSpockWriter(sa, 1_000_000_000), startSpockWriter(m.groups[1], 2_000_000_000)
 	testbed.Eventually(t, 30*time.Second, "both writers acknowledged writes", func() error {
 		if wa.count() < 50 || wb.count() < 50 {
