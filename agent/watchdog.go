@@ -38,6 +38,7 @@ type fenceWatchdog struct {
 	mu     sync.Mutex
 	stdin  io.WriteCloser
 	exited chan struct{} // closed when the watchdog process ends
+	pid    int
 	armed  bool
 }
 
@@ -78,7 +79,7 @@ func (f *fenceWatchdog) spawnLocked() error {
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
-	f.stdin, f.exited = stdin, exited
+	f.stdin, f.exited, f.pid = stdin, exited, cmd.Process.Pid
 	return nil
 }
 

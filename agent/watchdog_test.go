@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -135,4 +136,45 @@ func TestWatchdogArmRefusesNonPositiveDeadline(t *testing.T) {
 	if err := fw.arm(time.Second); err != nil {
 		t.Fatalf("arm(1s): %v", err)
 	}
+}
+
+// A watchdog process that died (killed by an operator, the OOM killer) is
+// started again at the next arm, not just logged.
+func TestWatchdogRestartedWhenItDied(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "pgmesh-fake")
+	// Stands in for `pgmesh fence-watchdog`: reads its commands until stdin closes.
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nexec cat >/dev/null\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fw := &fenceWatchdog{log: zap.NewNop(), exe: script, dataDir: dir}
+	fw.mu.Lock()
+	if err := fw.spawnLocked(); err != nil {
+		t.Fatal(err)
+	}
+	first, pid := fw.exited, fw.pid
+	fw.mu.Unlock()
+	if err := fw.arm(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !fw.running() {
+		t.Fatal("watchdog not running after start")
+	}
+	// Kill it behind the agent's back.
+	syscall.Kill(pid, syscall.SIGKILL)
+	select {
+	case <-first:
+	case <-time.After(5 * time.Second):
+		t.Fatal("fake watchdog did not die")
+	}
+	if fw.running() {
+		t.Fatal("dead watchdog reported running")
+	}
+	if err := fw.arm(time.Second); err != nil {
+		t.Fatalf("arm after the watchdog died: %v", err)
+	}
+	if !fw.running() {
+		t.Fatal("the dead watchdog was not restarted by arm")
+	}
+	fw.close()
 }
