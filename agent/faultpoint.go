@@ -4,6 +4,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Fault points let the test suite freeze the agent at an exact step, which
@@ -28,7 +29,23 @@ func parseFaultPoints(s string) map[string]string {
 func faultPoint(name string) func() {
 	switch faultPoints[name] {
 	case "stop":
-		return func() { syscall.Kill(os.Getpid(), syscall.SIGSTOP) }
+		return func() {
+			syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+			// kill returns before every thread has stopped: this goroutine
+			// could run the next step before the freeze lands (seen: the
+			// lease check after the fault point passed, and the freeze hit
+			// inside pg_ctl start). Wait until the clock jumps, i.e. this
+			// thread was frozen and resumed.
+			last := time.Now()
+			for deadline := last.Add(10 * time.Minute); last.Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+				now := time.Now()
+				if now.Sub(last) > 500*time.Millisecond {
+					return
+				}
+				last = now
+			}
+		}
 	}
 	return nil
 }
