@@ -19,7 +19,11 @@ import (
 func multiHostDSN(g *group) string {
 	var hosts, ports []string
 	for _, m := range g.order {
-		hosts = append(hosts, "127.0.0.1")
+		host := "127.0.0.1"
+		if h := g.members[m].Spec.Host; h != "" {
+			host = h // a member in a network namespace
+		}
+		hosts = append(hosts, host)
 		ports = append(ports, fmt.Sprint(g.members[m].PGPort))
 	}
 	return fmt.Sprintf("host=%s port=%s user=postgres password=''super secret'' dbname=postgres target_session_attrs=read-write connect_timeout=2",

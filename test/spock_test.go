@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"regexp"
 	"sort"
@@ -36,14 +37,19 @@ type spockMesh struct {
 
 func startSpockMesh(t *testing.T, mode string) *spockMesh {
 	bin := testbed.SpockBinDir(t)
-	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	return startSpockMeshOn(t, mode, testbed.StartConsul(t, testbed.ConsulOptions{}), nil, func(*testbed.AgentSpec) {}, bin)
+}
+
+// startSpockMeshOn starts the two Spock groups on Consul c (members reach
+// it at consulAddr when set) with tweak applied to every member.
+func startSpockMeshOn(t *testing.T, mode string, c *testbed.Consul, consulAddr func(string) string, tweak func(*testbed.AgentSpec), bin string) *spockMesh {
 	dcs := "replication: spock"
 	if mode == "sync" {
 		dcs += "\nsynchronous_mode: on"
 	}
 	m := &spockMesh{t: t, c: c}
 	for _, name := range []string{"sa", "sb"} {
-		m.groups = append(m.groups, startGroup(t, c, name, 2, nil, func(s *testbed.AgentSpec) { s.BinDir, s.DCSExtra = bin, dcs }))
+		m.groups = append(m.groups, startGroup(t, c, name, 2, consulAddr, func(s *testbed.AgentSpec) { s.BinDir, s.DCSExtra = bin, dcs; tweak(s) }))
 	}
 	ctx := context.Background()
 	for _, g := range m.groups {
@@ -532,6 +538,90 @@ func TestSpockMeshSync(t *testing.T) {
 	}
 	sa.members[la].Start()
 	sa.waitHealthy(120 * time.Second)
+	if probs := m.spockLogProblems(); len(probs) > 0 {
+		t.Errorf("repeating errors in PostgreSQL logs:\n%s", strings.Join(probs, "\n"))
+	}
+}
+
+// TestSpockPartition: two Spock groups, every member in its own network
+// namespace; the path between sa's primary and its standby is cut (packets
+// dropped, so the primary still lists the standby as streaming until
+// wal_sender_timeout) while both still reach Consul and the other group.
+// sa's changes must keep reaching sb within seconds (the silent standby
+// leaves spock.pg_standby_slot_names), nobody is promoted, and after the
+// cut heals the standby catches up and everything converges.
+func TestSpockPartition(t *testing.T) {
+	if why := testbed.NetnsAvailable(); why != "" {
+		t.Skipf("network partitions: %s", why)
+	}
+	bin := testbed.SpockBinDir(t)
+	nw := testbed.NewNetns(t, 4)
+	c := testbed.StartConsul(t, testbed.ConsulOptions{ClientAddrs: []string{nw.HostAddr}})
+	_, port, err := net.SplitHostPort(c.HTTPAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	consulAddr := net.JoinHostPort(nw.HostAddr, port)
+	netOf := map[string]*testbed.NetnsMember{}
+	m := startSpockMeshOn(t, "async", c, func(string) string { return consulAddr }, func(s *testbed.AgentSpec) {
+		i := int(s.Name[len(s.Name)-1] - 'a')
+		if s.Group == "sb" {
+			i += 2
+		}
+		s.Netns, s.Host = nw.Members[i], nw.Members[i].Addr
+		netOf[s.Name] = nw.Members[i]
+	}, bin)
+	sa, sb := m.groups[0], m.groups[1]
+	ctx := context.Background()
+	la := sa.waitHealthy(60 * time.Second)
+	sby := sa.order[0]
+	if sby == la {
+		sby = sa.order[1]
+	}
+	waitLogicalSlotsReady(t, sa, sby)
+	wa, wb := startSpockWriter(sa, 1_000_000_000), startSpockWriter(sb, 2_000_000_000)
+	testbed.Eventually(t, 30*time.Second, "both writers acknowledged writes", func() error {
+		if wa.count() < 50 || wb.count() < 50 {
+			return fmt.Errorf("acked %d / %d", wa.count(), wb.count())
+		}
+		return nil
+	})
+
+	if err := nw.Block(netOf[la], netOf[sby], testbed.Drop); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	marker := int64(3_000_000_009)
+	if err := sa.members[la].Exec(ctx, "INSERT INTO spk(id, origin) VALUES ($1, 'sa')", marker); err != nil {
+		nw.Unblock(netOf[la], netOf[sby])
+		t.Fatal(err)
+	}
+	testbed.Eventually(t, 30*time.Second, "a row written on sa reaches sb while sa's primary is cut off from its standby", func() error {
+		rows, err := rowsOf(sb, sb.writableMember(t), "sa")
+		if _, ok := rows[marker]; err != nil || !ok {
+			return fmt.Errorf("not yet (%v)", err)
+		}
+		return nil
+	})
+	reached := time.Since(cut)
+	time.Sleep(2 * time.Second)
+	if err := nw.Unblock(netOf[la], netOf[sby]); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("sa's primary %s cut off from its standby %s (dropped packets): a row written on sa reached sb after %s", la, sby, reached.Round(10*time.Millisecond))
+	if reached > 15*time.Second {
+		t.Errorf("Spock's walsenders waited %s for the unreachable standby", reached.Round(time.Second))
+	}
+	if l, _ := sa.leader(); l != la {
+		t.Errorf("leader changed from %s to %s although the primary kept Consul", la, l)
+	}
+	sa.waitHealthy(90 * time.Second)
+	time.Sleep(2 * time.Second)
+	acked := map[string][]int64{"sa": wa.finish(), "sb": wb.finish()}
+	lost := m.checkConverged(acked)
+	if len(lost["sa"]) > 0 || len(lost["sb"]) > 0 {
+		t.Errorf("acknowledged writes lost without a failover: %v", lost)
+	}
 	if probs := m.spockLogProblems(); len(probs) > 0 {
 		t.Errorf("repeating errors in PostgreSQL logs:\n%s", strings.Join(probs, "\n"))
 	}
