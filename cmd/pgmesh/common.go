@@ -134,7 +134,7 @@ func (s *opConn) consulErr(err error) error {
 		if errors.As(err, &se) {
 			return failErr("Consul at %s is not working: %s", s.addr, strings.TrimSpace(se.Body))
 		}
-		return failErr("cannot reach Consul at %s: %s", s.addr, rootCause(err))
+		return failErr("cannot reach Consul at %s: %s%s", s.addr, rootCause(err), clientCertHint(s.addr))
 	}
 	var se api.StatusError
 	if errors.As(err, &se) {
@@ -158,6 +158,18 @@ func tokenHint(token string) string {
 		return "; none was given, so Consul used its anonymous token"
 	}
 	return ""
+}
+
+// clientCertHint: over HTTPS without a client certificate, a Consul with
+// verify_incoming ends the handshake, and depending on timing the client
+// sees "certificate required" or only a broken pipe; say what may be
+// missing.
+func clientCertHint(addr string) string {
+	https := strings.HasPrefix(addr, "https://") || os.Getenv("CONSUL_HTTP_SSL") == "true"
+	if !https || os.Getenv("CONSUL_CLIENT_CERT") != "" {
+		return ""
+	}
+	return " (no client certificate was given: if Consul verifies clients (verify_incoming), set CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY)"
 }
 
 // rootCause drops the request URL that net/http puts in front of the
