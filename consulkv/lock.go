@@ -262,14 +262,8 @@ func (l *Lock) EnsureSession(ctx context.Context) (string, error) {
 	}
 	if pending != nil {
 		// Keep the other candidate alive too until Resolve says which one
-		// holds the keys; one that is gone holds nothing.
-		if err := l.renew(ctx, pending); errors.Is(err, ErrSessionGone) {
-			l.mu.Lock()
-			if l.pending == pending {
-				l.pending = nil
-			}
-			l.mu.Unlock()
-		}
+		// holds the keys; one that is gone holds nothing (renew forgets it).
+		l.renew(ctx, pending)
 	}
 	if err := l.renew(ctx, cur); err != nil {
 		return "", err
@@ -428,10 +422,9 @@ func (l *Lock) Roll(ctx context.Context, keys []string) (old, next HeldSession, 
 		l.cur = s
 	}
 	l.mu.Unlock()
-	if err := l.c.DestroySession(ctx, cur.ID); err != nil {
-		// It holds nothing any more and expires by itself.
-		return old, next, nil
-	}
+	// The old session holds nothing any more; if the destroy fails it
+	// expires by itself.
+	l.c.DestroySession(ctx, cur.ID)
 	return old, next, nil
 }
 
