@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
@@ -746,7 +745,8 @@ func (a *Agent) stillLeader(ctx context.Context) bool {
 // waitPeerHas waits until peer m has received WAL past lsn: it asks the
 // peer's PostgreSQL directly (live) and falls back to its REST status.
 func (a *Agent) waitPeerHas(ctx context.Context, m *consulkv.MemberStatus, lsn uint64, timeout time.Duration) bool {
-	client := &http.Client{Timeout: time.Second}
+	client := a.peerClient(time.Second)
+	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(timeout)
 	ci := a.superuserConn(m)
 	ci.ConnectTimeout = 1

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -74,6 +75,9 @@ type Agent struct {
 	// lastGroupView is lastGroup for other goroutines (the REST API's
 	// allowlist of group members).
 	lastGroupView atomic.Pointer[consulkv.GroupView]
+	// peerTLS is how this member calls its peers' REST APIs over HTTPS
+	// (nil: plain HTTP).
+	peerTLS *health.ClientTLS
 	// syncNames is the synchronous_standby_names the leader wants.
 	syncNames string
 	// replies tells standbys that stopped replying (sync.go).
@@ -162,7 +166,19 @@ func New(cfg *Config, log *zap.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	var serverTLS *health.TLSOptions
+	if r := cfg.RestAPI; r.TLSEnabled() {
+		serverTLS = &health.TLSOptions{CertFile: r.CertFile, KeyFile: r.KeyFile, CAFile: r.CAFile, VerifyClient: r.VerifyClient}
+		peer := health.ClientTLSOptions{CAFile: r.CAFile}
+		if r.VerifyClient == health.VerifyClientRequired {
+			peer.CertFile, peer.KeyFile = r.CertFile, r.KeyFile
+		}
+		if a.peerTLS, err = health.NewClientTLS(peer, log.Named("peers")); err != nil {
+			return nil, fmt.Errorf("restapi TLS for calls to peers: %w", err)
+		}
+	}
 	a.api = health.NewServer(a, health.Options{
+		TLS:             serverTLS,
 		Listen:          cfg.RestAPI.Listen,
 		Auth:            a.basicAuth(),
 		RefuseMutations: a.refuseMutations(),
@@ -177,10 +193,10 @@ func New(cfg *Config, log *zap.Logger) (*Agent, error) {
 // credentials), unless restapi.allow_unauthenticated says otherwise.
 func (a *Agent) refuseMutations() string {
 	r := a.cfg.RestAPI
-	if !a.cfg.ListensBeyondLoopback() || r.Username != "" || r.AllowUnauthenticated {
+	if !a.cfg.ListensBeyondLoopback() || r.Username != "" || r.ClientCertsRequired() || r.AllowUnauthenticated {
 		return ""
 	}
-	return fmt.Sprintf("mutating requests are refused: the REST API listens on %s (reachable from other hosts) and no credentials are configured; set restapi.username and restapi.password (or *_file), or restapi.allow_unauthenticated: true to accept them from anyone", r.Listen)
+	return fmt.Sprintf("mutating requests are refused: the REST API listens on %s (reachable from other hosts) and no credentials are configured; set restapi.username and restapi.password (or *_file), or client certificates (restapi.certfile, keyfile, cafile and verify_client: optional), or restapi.allow_unauthenticated: true to accept them from anyone", r.Listen)
 }
 
 // mutationAllowlist builds the address filter of mutating requests from
@@ -275,7 +291,26 @@ func (a *Agent) fenceDeadline(now time.Time) time.Duration {
 	return u.Sub(now)
 }
 
-func (a *Agent) apiURL() string { return "http://" + a.cfg.RestAPI.ConnectAddress }
+func (a *Agent) apiURL() string {
+	if a.cfg.RestAPI.TLSEnabled() {
+		return "https://" + a.cfg.RestAPI.ConnectAddress
+	}
+	return "http://" + a.cfg.RestAPI.ConnectAddress
+}
+
+// peerClient is the HTTP client for other members' REST APIs. With TLS
+// configured it trusts restapi.cafile and, when the group requires client
+// certificates, shows this member's own certificate; the files are read as
+// they are now, so a rotation reaches the next polling round.
+func (a *Agent) peerClient(timeout time.Duration) *http.Client {
+	if a.peerTLS == nil {
+		return &http.Client{Timeout: timeout}
+	}
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
+		TLSClientConfig:     a.peerTLS.Config(),
+		TLSHandshakeTimeout: timeout,
+	}}
+}
 
 func (a *Agent) connURL() string {
 	return fmt.Sprintf("postgres://%s/postgres", net.JoinHostPort(a.cfg.PostgreSQL.ConnectAddress, fmt.Sprint(a.cfg.PostgreSQL.Port)))
@@ -381,8 +416,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	switch {
 	case a.refuseMutations() != "":
 		a.log.Warn("REST API: " + a.refuseMutations())
-	case a.cfg.ListensBeyondLoopback() && a.cfg.RestAPI.Username == "" && a.cfg.RestAPI.AllowUnauthenticated:
+	case a.cfg.ListensBeyondLoopback() && a.cfg.RestAPI.Username == "" && !a.cfg.RestAPI.ClientCertsRequired() && a.cfg.RestAPI.AllowUnauthenticated:
 		a.log.Error("REST API: accepting switchover, failover, restart, reinitialize and config changes from anyone who reaches " + a.cfg.RestAPI.Listen + " without credentials (restapi.allow_unauthenticated is set)")
+	}
+	if a.cfg.ListensBeyondLoopback() && !a.cfg.RestAPI.TLSEnabled() && a.cfg.RestAPI.Username != "" {
+		a.log.Warn("REST API: credentials travel in clear text over HTTP; set restapi.certfile and restapi.keyfile to serve HTTPS")
 	}
 	fw, err := startFenceWatchdog(a.log, a.pgi)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/health"
 	"gopkg.in/yaml.v3"
 )
 
@@ -50,6 +51,12 @@ type ConsulConfig struct {
 	// other value a node check ID such as "serfHealth". A check going
 	// critical frees the lock at once instead of after ttl.
 	SessionChecks []string `yaml:"session_checks"`
+	// ServiceCheckTLSServerName is the name Consul checks the REST API's
+	// certificate against (Patroni's service_check_tls_server_name);
+	// ServiceCheckTLSSkipVerify turns that check off (not recommended:
+	// give Consul the CA with enable_agent_tls_for_checks instead).
+	ServiceCheckTLSServerName string `yaml:"service_check_tls_server_name"`
+	ServiceCheckTLSSkipVerify bool   `yaml:"service_check_tls_skip_verify"`
 }
 
 // RestAPIConfig configures the REST API.
@@ -72,6 +79,25 @@ type RestAPIConfig struct {
 	// accept mutating requests without credentials. Off by default: such
 	// an API refuses them (and says so at start and in every 403).
 	AllowUnauthenticated bool `yaml:"allow_unauthenticated"`
+	// CertFile and KeyFile make the API speak HTTPS (rotated files are
+	// picked up without a restart). CAFile verifies client certificates
+	// and, for calls to peers, the other members' certificates.
+	CertFile string `yaml:"certfile"`
+	KeyFile  string `yaml:"keyfile"`
+	CAFile   string `yaml:"cafile"`
+	// VerifyClient: none (default), optional (a verified client
+	// certificate is needed for mutating requests only) or required (for
+	// every request, health checks included), as in Patroni.
+	VerifyClient string `yaml:"verify_client"`
+}
+
+// TLSEnabled reports whether the REST API speaks HTTPS.
+func (r RestAPIConfig) TLSEnabled() bool { return r.CertFile != "" }
+
+// ClientCertsRequired reports whether mutating requests need a verified
+// client certificate.
+func (r RestAPIConfig) ClientCertsRequired() bool {
+	return r.TLSEnabled() && (r.VerifyClient == health.VerifyClientOptional || r.VerifyClient == health.VerifyClientRequired)
 }
 
 // Credentials of a PostgreSQL role.
@@ -343,6 +369,9 @@ func (c *Config) Validate() error {
 	if (c.RestAPI.Username == "") != (c.RestAPI.Password == "") {
 		return fmt.Errorf("config: restapi.username and restapi.password go together")
 	}
+	if err := c.RestAPI.validateTLS(); err != nil {
+		return err
+	}
 	if _, err := parseAllowlist(c.RestAPI.Allowlist); err != nil {
 		return fmt.Errorf("config: restapi.allowlist: %w", err)
 	}
@@ -395,6 +424,27 @@ func (c *Config) readSecretFiles() error {
 		*f.dst = strings.TrimRight(string(b), "\r\n")
 		if *f.dst == "" {
 			return fmt.Errorf("config: %s_file %s is empty", f.name, f.file)
+		}
+	}
+	return nil
+}
+
+func (r RestAPIConfig) validateTLS() error {
+	if (r.CertFile == "") != (r.KeyFile == "") {
+		return fmt.Errorf("config: restapi.certfile and restapi.keyfile go together")
+	}
+	if !health.ValidVerifyClient(r.VerifyClient) {
+		return fmt.Errorf("config: restapi.verify_client %q: want none, optional or required", r.VerifyClient)
+	}
+	if r.CertFile == "" && (r.CAFile != "" || (r.VerifyClient != "" && r.VerifyClient != health.VerifyClientNone)) {
+		return fmt.Errorf("config: restapi.cafile and restapi.verify_client need restapi.certfile and keyfile (the API speaks HTTPS only with a certificate)")
+	}
+	for _, f := range []struct{ name, path string }{{"restapi.certfile", r.CertFile}, {"restapi.keyfile", r.KeyFile}, {"restapi.cafile", r.CAFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("config: %s: %w", f.name, err)
 		}
 	}
 	return nil

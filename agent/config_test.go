@@ -135,6 +135,11 @@ func TestRestAPISecrets(t *testing.T) {
 		{"restapi: {username: a, username_file: " + filepath.Join(dir, "u") + ", password: b}\n", "restapi.username and restapi.username_file are both set"},
 		{"restapi: {username: a, password_file: /nonexistent/p}\n", "restapi.password_file"},
 		{"restapi: {allowlist: [10.0.0.0/8, nonsense]}\n", "restapi.allowlist"},
+		{"restapi: {certfile: " + filepath.Join(dir, "u") + "}\n", "restapi.certfile and restapi.keyfile go together"},
+		{"restapi: {certfile: /nonexistent/c, keyfile: " + filepath.Join(dir, "u") + "}\n", "restapi.certfile"},
+		{"restapi: {certfile: " + filepath.Join(dir, "u") + ", keyfile: " + filepath.Join(dir, "p") + ", verify_client: sometimes}\n", "restapi.verify_client"},
+		{"restapi: {verify_client: optional}\n", "need restapi.certfile"},
+		{"restapi: {cafile: " + filepath.Join(dir, "u") + "}\n", "need restapi.certfile"},
 	} {
 		if _, err := ParseConfig([]byte(minimalYAML+tc.yaml), nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want an error naming %q", tc.yaml, err, tc.want)

@@ -315,7 +315,8 @@ func (a *Agent) pollPeers(ctx context.Context, g *consulkv.GroupView) map[string
 	peers := map[string]Peer{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	client := &http.Client{Timeout: timeout}
+	client := a.peerClient(timeout)
+	defer client.CloseIdleConnections()
 	for name, m := range g.Members {
 		if name == a.cfg.Name || m.APIURL == "" {
 			continue
@@ -498,7 +499,9 @@ func (a *Agent) memberService(st health.MemberState) consulkv.MemberService {
 	return consulkv.MemberService{
 		Group: a.cfg.Group, Member: a.cfg.Name, Role: role, Address: a.cfg.PostgreSQL.ConnectAddress,
 		Port: a.cfg.PostgreSQL.Port, APIURL: a.apiURL(), Timeline: st.Timeline, ExtraTags: a.cfg.Consul.ServiceTags,
-		Passing: passing,
+		Passing:            passing,
+		CheckTLSServerName: a.cfg.Consul.ServiceCheckTLSServerName,
+		CheckTLSSkipVerify: a.cfg.Consul.ServiceCheckTLSSkipVerify,
 	}
 }
 

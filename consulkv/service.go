@@ -28,6 +28,12 @@ type MemberService struct {
 	// at once instead of after the first check run; set it only when the
 	// agent's own view says the check would pass.
 	Passing bool
+	// CheckTLSServerName and CheckTLSSkipVerify tune how Consul checks an
+	// HTTPS REST API: Consul verifies the member's certificate with its
+	// own CA settings (enable_agent_tls_for_checks), against this name
+	// when the certificate does not carry the dialled address.
+	CheckTLSServerName string
+	CheckTLSSkipVerify bool
 }
 
 // ServiceID is the member's service ID.
@@ -71,7 +77,7 @@ func containsString(list []string, s string) bool {
 func (s MemberService) Signature() string {
 	t := s.Tags()
 	sort.Strings(t)
-	return fmt.Sprintf("%s|%s|%d|%s|%d|%s", s.Role, s.Address, s.Port, s.APIURL, s.Timeline, strings.Join(t, ","))
+	return fmt.Sprintf("%s|%s|%d|%s|%d|%s|%s|%t", s.Role, s.Address, s.Port, s.APIURL, s.Timeline, strings.Join(t, ","), s.CheckTLSServerName, s.CheckTLSSkipVerify)
 }
 
 // RegisterMember (re-)registers the member with the local Consul agent.
@@ -115,6 +121,8 @@ func (c *Client) RegisterMember(ctx context.Context, s MemberService) error {
 				Timeout:                        timeout.String(),
 				Status:                         status,
 				DeregisterCriticalServiceAfter: dereg.String(),
+				TLSServerName:                  s.CheckTLSServerName,
+				TLSSkipVerify:                  s.CheckTLSSkipVerify,
 			},
 			{
 				CheckID:  c.LivenessCheckID(s.Group, s.Member),
@@ -124,6 +132,10 @@ func (c *Client) RegisterMember(ctx context.Context, s MemberService) error {
 				Interval: interval.String(),
 				Timeout:  timeout.String(),
 				Status:   api.HealthPassing,
+				// The liveness check may tie the leader lock to it, so it
+				// is checked exactly like the role check.
+				TLSServerName: s.CheckTLSServerName,
+				TLSSkipVerify: s.CheckTLSSkipVerify,
 			},
 		},
 	}

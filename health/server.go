@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,7 +51,11 @@ type Options struct {
 	// Allow, when set, decides which client addresses may send mutating
 	// requests (restapi.allowlist, members of the group); others get 403.
 	Allow func(ip net.IP) bool
-	Log   *zap.Logger
+	// TLS, when set, makes the API speak HTTPS only. With VerifyClient
+	// optional or required, mutating requests also need a client
+	// certificate that verified against TLS.CAFile.
+	TLS *TLSOptions
+	Log *zap.Logger
 	// SwitchoverTimeout bounds how long POST /switchover and /failover wait
 	// for the new leader (DefaultSwitchoverTimeout when zero).
 	SwitchoverTimeout time.Duration
@@ -135,9 +140,20 @@ func (s *Server) Start() error {
 	if s.started {
 		return errors.New("health: server already started")
 	}
+	var tlsCfg *tls.Config
+	if s.opts.TLS != nil {
+		c, err := ServerTLSConfig(*s.opts.TLS, s.log)
+		if err != nil {
+			return fmt.Errorf("health: %w", err)
+		}
+		tlsCfg = c
+	}
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {
 		return fmt.Errorf("health: listen on %s: %w", s.opts.Listen, err)
+	}
+	if tlsCfg != nil {
+		ln = tls.NewListener(ln, tlsCfg)
 	}
 	srv := &http.Server{
 		Handler:           s.handler,
@@ -153,8 +169,16 @@ func (s *Server) Start() error {
 			s.log.Error("REST API stopped", zap.Error(err))
 		}
 	}()
-	s.log.Info("REST API listening", zap.String("addr", ln.Addr().String()))
+	s.log.Info("REST API listening", zap.String("addr", ln.Addr().String()), zap.String("scheme", s.Scheme()))
 	return nil
+}
+
+// Scheme is https when the API is configured with TLS, else http.
+func (s *Server) Scheme() string {
+	if s.opts.TLS != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // Addr is the address the server listens on ("" before Start).
@@ -231,6 +255,10 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
+		if s.needsClientCert() && !hasVerifiedClientCert(r) {
+			writeText(w, r, http.StatusForbidden, fmt.Sprintf("a verified client certificate is required to change this member (restapi.verify_client: %s)", s.opts.TLS.VerifyClient))
+			return
+		}
 		if !s.authorized(r) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="pgmesh"`)
 			writeText(w, r, http.StatusUnauthorized, "authentication required")
@@ -262,6 +290,17 @@ func remoteIP(r *http.Request) net.IP {
 		host = r.RemoteAddr
 	}
 	return net.ParseIP(host)
+}
+
+func (s *Server) needsClientCert() bool {
+	t := s.opts.TLS
+	return t != nil && (t.VerifyClient == VerifyClientOptional || t.VerifyClient == VerifyClientRequired)
+}
+
+// hasVerifiedClientCert: the handshake verified a client certificate
+// against restapi.cafile (an unverifiable one fails the handshake).
+func hasVerifiedClientCert(r *http.Request) bool {
+	return r.TLS != nil && len(r.TLS.VerifiedChains) > 0
 }
 
 // authorized compares hashes in constant time so neither the length nor a

@@ -46,6 +46,9 @@ const (
 //	.ConnectTimeout  libpq connect_timeout seconds (default 2)
 //	.Vars            free-form strings from the configuration
 //	.GroupPort NAME  the per-group listener port of group NAME
+//	.APICAFile       CA HAProxy verifies HTTPS REST APIs with (default @system-ca)
+//	.APICert         certificate+key PEM HAProxy shows them ("" = none)
+//	.Check MEMBER    HAProxy's check options for a member's REST API
 type RenderData struct {
 	Mesh           *Mesh
 	Cluster        string
@@ -58,6 +61,34 @@ type RenderData struct {
 	SSLMode        string
 	ConnectTimeout int
 	Vars           map[string]string
+	APICAFile      string
+	APICert        string
+}
+
+// DefaultAPICAFile is what HAProxy verifies agents' certificates with when
+// the configuration names no CA: the system's trust store.
+const DefaultAPICAFile = "@system-ca"
+
+// Check is the HAProxy server options that health-check a member through
+// its agent's REST API: the API's address and port and, when the API
+// speaks HTTPS, TLS with the certificate verified (check-ssl verify
+// required) and the client certificate the agents may require.
+func (d *RenderData) Check(m *Member) string {
+	out := "check"
+	if m.APIPort != 0 {
+		out += fmt.Sprintf(" port %d addr %s", m.APIPort, m.APIHost)
+	}
+	if m.APITLS {
+		ca := d.APICAFile
+		if ca == "" {
+			ca = DefaultAPICAFile
+		}
+		out += " check-ssl verify required ca-file " + ca
+		if d.APICert != "" {
+			out += " crt " + d.APICert
+		}
+	}
+	return out
 }
 
 // GroupPort is Ports.GroupBase + the group's index in Mesh.GroupNames(), or
@@ -88,6 +119,11 @@ type DataConfig struct {
 	SSLMode        string            `yaml:"sslmode"`
 	ConnectTimeout int               `yaml:"connect_timeout"`
 	Vars           map[string]string `yaml:"vars"`
+	// APICAFile and APICert are for agents whose REST API speaks HTTPS:
+	// the CA HAProxy verifies their certificates with and the client
+	// certificate (certificate and key in one PEM) it shows them.
+	APICAFile string `yaml:"api_ca_file"`
+	APICert   string `yaml:"api_cert"`
 }
 
 // PortConfig is Ports in YAML.
@@ -121,6 +157,7 @@ func (d DataConfig) Over(base DataConfig) DataConfig {
 		},
 		DBName: str(d.DBName, base.DBName), DBUser: str(d.DBUser, base.DBUser), SSLMode: str(d.SSLMode, base.SSLMode),
 		ConnectTimeout: num(d.ConnectTimeout, base.ConnectTimeout),
+		APICAFile:      str(d.APICAFile, base.APICAFile), APICert: str(d.APICert, base.APICert),
 	}
 	if len(d.Vars)+len(base.Vars) > 0 {
 		out.Vars = map[string]string{}
@@ -139,7 +176,7 @@ func (d DataConfig) Over(base DataConfig) DataConfig {
 func (d DataConfig) Resolve() (RenderData, error) {
 	rd := RenderData{
 		Bind: d.Bind, Socket: d.Socket, DBName: d.DBName, DBUser: d.DBUser, SSLMode: d.SSLMode,
-		ConnectTimeout: d.ConnectTimeout, Vars: d.Vars, MaxLag: DefaultMaxLag,
+		ConnectTimeout: d.ConnectTimeout, Vars: d.Vars, MaxLag: DefaultMaxLag, APICAFile: d.APICAFile, APICert: d.APICert,
 		Ports: Ports{Write: d.Ports.Write, Read: d.Ports.Read, Stats: d.Ports.Stats, GroupBase: d.Ports.GroupBase},
 	}
 	if d.MaxLag != "" {

@@ -74,6 +74,9 @@ type Member struct {
 	APIURL  string
 	APIHost string
 	APIPort int
+	// APITLS: the REST API speaks HTTPS (its URL says https), so health
+	// checks against it must too.
+	APITLS bool
 	// Healthy is true when the member's Consul service exists and all of
 	// its checks (role check, agent liveness, node checks) pass.
 	Healthy bool
@@ -199,6 +202,7 @@ func BuildMesh(view *consulkv.ClusterView, entries []*api.ServiceEntry, localGro
 		for _, mem := range members[name] {
 			mem.Leader = g.Leader != "" && mem.Name == g.Leader
 			mem.APIHost, mem.APIPort = apiHostPort(mem.APIURL, mem.Host)
+			mem.APITLS = strings.HasPrefix(strings.ToLower(mem.APIURL), "https://")
 			g.Members = append(g.Members, mem)
 		}
 		sort.Slice(g.Members, func(i, j int) bool { return g.Members[i].Name < g.Members[j].Name })

@@ -9,7 +9,9 @@ import (
 	"strings"
 	"testing"
 	"text/template"
+	"time"
 
+	"github.com/pgmesh/pgmesh/internal/certgen"
 	"github.com/pgmesh/pgmesh/routing"
 	"github.com/pgmesh/pgmesh/templates"
 )
@@ -187,13 +189,50 @@ func TestConsulTemplateParses(t *testing.T) {
 		t.Fatal(err)
 	}
 	stub := func(...any) any { return nil }
-	funcs := template.FuncMap{"env": stub, "service": stub, "scratch": stub, "regexReplaceAll": stub, "parseInt": stub, "add": stub}
+	funcs := template.FuncMap{"env": stub, "service": stub, "scratch": stub, "regexReplaceAll": stub, "parseInt": stub, "add": stub, "regexMatch": stub}
 	if _, err := template.New("haproxy.ctmpl").Funcs(funcs).Parse(string(b)); err != nil {
 		t.Fatal(err)
 	}
-	for _, env := range []string{"PGMESH_CLUSTER", "PGMESH_LOCAL_GROUP", "PGMESH_WRITE_PORT", "PGMESH_READ_PORT", "PGMESH_STATS_PORT", "PGMESH_GROUP_BASE_PORT", "PGMESH_MAX_LAG", "PGMESH_HAPROXY_SOCKET", "PGMESH_BIND"} {
+	for _, env := range []string{"PGMESH_CLUSTER", "PGMESH_LOCAL_GROUP", "PGMESH_WRITE_PORT", "PGMESH_READ_PORT", "PGMESH_STATS_PORT", "PGMESH_GROUP_BASE_PORT", "PGMESH_MAX_LAG", "PGMESH_HAPROXY_SOCKET", "PGMESH_BIND", "PGMESH_API_CA_FILE", "PGMESH_API_CERT"} {
 		if strings.Count(string(b), env) < 2 {
 			t.Errorf("%s not documented and used", env)
 		}
+	}
+}
+
+func TestHAProxyTemplateChecksHTTPSAgents(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := certgen.NewCA("test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, ca.PEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := ca.Issue("haproxy", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := pair.WriteFiles(dir, "haproxy"); err != nil {
+		t.Fatal(err)
+	}
+	m := testMesh()
+	m.Groups[0].Members[0].APIURL = "https://127.0.0.1:8001"
+	m.Groups[0].Members[0].APITLS = true
+	crt := filepath.Join(dir, "haproxy.pem")
+	cfg := render(t, "haproxy.cfg.tmpl", m, routing.DataConfig{APICAFile: caFile, APICert: crt})
+	want := "server n1.n1-a 127.0.0.1:5401 check port 8001 addr 127.0.0.1 check-ssl verify required ca-file " + caFile + " crt " + crt
+	if !strings.Contains(cfg, want) {
+		t.Fatalf("an https member is not checked over verified TLS; want %q in:\n%s", want, cfg)
+	}
+	if strings.Contains(cfg, "n1.n1-b 127.0.0.1:5402 check port 8002 addr 127.0.0.1 check-ssl") {
+		t.Fatal("an http member got check-ssl")
+	}
+	haproxyCheck(t, cfg)
+	// Without a CA file HAProxy verifies against the system's trust store.
+	cfg = render(t, "haproxy.cfg.tmpl", m, routing.DataConfig{})
+	if !strings.Contains(cfg, "check-ssl verify required ca-file @system-ca\n") {
+		t.Fatalf("default CA:\n%s", cfg)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,11 +13,13 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/health"
 	"github.com/urfave/cli/v2"
 )
 
@@ -43,6 +46,10 @@ var connSettings = []struct{ flag, env, def, usage string }{
 	{"prefix", "PGMESH_PREFIX", consulkv.DefaultPrefix, "Consul KV prefix"},
 	{"api-user", "PGMESH_RESTAPI_USERNAME", "", "username for the agents' REST API"},
 	{"api-password", "PGMESH_RESTAPI_PASSWORD", "", "password for the agents' REST API"},
+	{"api-cacert", "PGMESH_API_CACERT", "", "CA file that signed the agents' REST API certificates (HTTPS)"},
+	{"api-cert", "PGMESH_API_CERT", "", "client certificate for the agents' REST API (restapi.verify_client)"},
+	{"api-key", "PGMESH_API_KEY", "", "key of --api-cert"},
+	{"api-insecure", "PGMESH_API_INSECURE", "", "true: do not verify the agents' certificates (not recommended)"},
 }
 
 // connFlags returns fresh flag values for one command. They are declared on
@@ -113,10 +120,11 @@ func newOpConn(c *cli.Context) (*opConn, error) {
 	if token == "" {
 		token = os.Getenv("CONSUL_HTTP_TOKEN")
 	}
-	return &opConn{
-		kv: kv, addr: addr, cluster: cluster, out: c.App.Writer, token: token,
-		api: &apiClient{user: setting(c, "api-user"), password: setting(c, "api-password")},
-	}, nil
+	api, err := newAPIClient(c)
+	if err != nil {
+		return nil, err
+	}
+	return &opConn{kv: kv, addr: addr, cluster: cluster, out: c.App.Writer, token: token, api: api}, nil
 }
 
 // consulErr turns a consulkv error into the one line an operator needs:
@@ -278,6 +286,39 @@ func requireGroup(c *cli.Context) (string, error) {
 // apiClient talks to the agents' REST API.
 type apiClient struct {
 	user, password string
+	http           *http.Client
+	// tlsSet: the user gave a CA or client certificate, so TLS errors are
+	// not explained as "no --api-cacert".
+	caSet, certSet bool
+}
+
+// newAPIClient reads the REST API connection settings. The CA and client
+// certificate files are checked now, so a typo is a usage error before any
+// cluster change starts.
+func newAPIClient(c *cli.Context) (*apiClient, error) {
+	a := &apiClient{user: setting(c, "api-user"), password: setting(c, "api-password"), http: http.DefaultClient}
+	insecure := false
+	if v := setting(c, "api-insecure"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, usageErr("--api-insecure / PGMESH_API_INSECURE %q: want true or false", v)
+		}
+		insecure = b
+	}
+	o := health.ClientTLSOptions{
+		CAFile: setting(c, "api-cacert"), CertFile: setting(c, "api-cert"), KeyFile: setting(c, "api-key"),
+		InsecureSkipVerify: insecure,
+	}
+	if o.CAFile == "" && o.CertFile == "" && o.KeyFile == "" && !insecure {
+		return a, nil
+	}
+	ct, err := health.NewClientTLS(o, nil)
+	if err != nil {
+		return nil, usageErr("REST API TLS (--api-cacert, --api-cert, --api-key): %v", err)
+	}
+	a.caSet, a.certSet = o.CAFile != "" || insecure, o.CertFile != ""
+	a.http = &http.Client{Transport: &http.Transport{TLSClientConfig: ct.Config(), Proxy: http.ProxyFromEnvironment}}
+	return a, nil
 }
 
 // apiAnswer is an agent's reply: the status and its text.
@@ -310,9 +351,9 @@ func (a *apiClient) do(ctx context.Context, method, base, path string, body any)
 	if a.user != "" {
 		req.SetBasicAuth(a.user, a.password)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := a.http.Do(req)
 	if err != nil {
-		return apiAnswer{}, err
+		return apiAnswer{}, a.explainTLS(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
@@ -320,7 +361,29 @@ func (a *apiClient) do(ctx context.Context, method, base, path string, body any)
 	if resp.StatusCode == http.StatusUnauthorized {
 		return ans, fmt.Errorf("%s refused the credentials (HTTP 401); set --api-user/--api-password or PGMESH_RESTAPI_USERNAME/PASSWORD", base)
 	}
+	if resp.StatusCode == http.StatusForbidden && strings.Contains(ans.Body, "client certificate") && !a.certSet {
+		return ans, fmt.Errorf("%s: %s; pass one with --api-cert/--api-key or PGMESH_API_CERT/PGMESH_API_KEY", base, ans.Body)
+	}
 	return ans, nil
+}
+
+// explainTLS adds the setting that fixes a TLS failure to its error.
+func (a *apiClient) explainTLS(err error) error {
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	switch {
+	case errors.As(err, &unknownCA) && !a.caSet:
+		return fmt.Errorf("%w (the agent's certificate is not signed by a CA this host trusts: pass the CA with --api-cacert or PGMESH_API_CACERT)", err)
+	case errors.As(err, &unknownCA):
+		return fmt.Errorf("%w (the agent's certificate is not signed by the CA in --api-cacert)", err)
+	case errors.As(err, &hostErr):
+		return fmt.Errorf("%w (the agent's certificate does not name the address it publishes as api_url)", err)
+	case strings.Contains(err.Error(), "certificate required") || (strings.Contains(err.Error(), "remote error: tls") && !a.certSet):
+		return fmt.Errorf("%w (the agent requires a client certificate: restapi.verify_client: required; pass one with --api-cert/--api-key or PGMESH_API_CERT/PGMESH_API_KEY)", err)
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return fmt.Errorf("%w (the agent serves plain HTTP)", err)
+	}
+	return err
 }
 
 // getJSON GETs path and decodes the JSON answer into out.
