@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -362,26 +363,43 @@ func (a *apiClient) do(ctx context.Context, method, base, path string, body any)
 		return ans, fmt.Errorf("%s refused the credentials (HTTP 401); set --api-user/--api-password or PGMESH_RESTAPI_USERNAME/PASSWORD", base)
 	}
 	if resp.StatusCode == http.StatusForbidden && strings.Contains(ans.Body, "client certificate") && !a.certSet {
-		return ans, fmt.Errorf("%s: %s; pass one with --api-cert/--api-key or PGMESH_API_CERT/PGMESH_API_KEY", base, ans.Body)
+		ans.Body += " (pass one with --api-cert/--api-key or PGMESH_API_CERT/PGMESH_API_KEY)"
 	}
 	return ans, nil
+}
+
+// tlsError is a REST API call that failed in the TLS handshake: it never
+// reached the agent, and retrying another way would hide a configuration
+// the operator has to fix.
+type tlsError struct{ err error }
+
+func (e *tlsError) Error() string { return e.err.Error() }
+func (e *tlsError) Unwrap() error { return e.err }
+
+func isTLSError(err error) bool {
+	var te *tlsError
+	return errors.As(err, &te)
 }
 
 // explainTLS adds the setting that fixes a TLS failure to its error.
 func (a *apiClient) explainTLS(err error) error {
 	var unknownCA x509.UnknownAuthorityError
 	var hostErr x509.HostnameError
+	var verifyErr *tls.CertificateVerificationError
+	msg := err.Error()
 	switch {
 	case errors.As(err, &unknownCA) && !a.caSet:
-		return fmt.Errorf("%w (the agent's certificate is not signed by a CA this host trusts: pass the CA with --api-cacert or PGMESH_API_CACERT)", err)
+		return &tlsError{fmt.Errorf("%w (the agent's certificate is not signed by a CA this host trusts: pass the CA with --api-cacert or PGMESH_API_CACERT)", err)}
 	case errors.As(err, &unknownCA):
-		return fmt.Errorf("%w (the agent's certificate is not signed by the CA in --api-cacert)", err)
+		return &tlsError{fmt.Errorf("%w (the agent's certificate is not signed by the CA in --api-cacert)", err)}
 	case errors.As(err, &hostErr):
-		return fmt.Errorf("%w (the agent's certificate does not name the address it publishes as api_url)", err)
-	case strings.Contains(err.Error(), "certificate required") || (strings.Contains(err.Error(), "remote error: tls") && !a.certSet):
-		return fmt.Errorf("%w (the agent requires a client certificate: restapi.verify_client: required; pass one with --api-cert/--api-key or PGMESH_API_CERT/PGMESH_API_KEY)", err)
-	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
-		return fmt.Errorf("%w (the agent serves plain HTTP)", err)
+		return &tlsError{fmt.Errorf("%w (the agent's certificate does not name the address it publishes as api_url)", err)}
+	case strings.Contains(msg, "certificate required") || (strings.Contains(msg, "remote error: tls") && !a.certSet):
+		return &tlsError{fmt.Errorf("%w (the agent requires a client certificate: restapi.verify_client: required; pass one with --api-cert/--api-key or PGMESH_API_CERT/PGMESH_API_KEY)", err)}
+	case errors.As(err, &verifyErr) || strings.Contains(msg, "remote error: tls") || strings.Contains(msg, "tls: "):
+		return &tlsError{err}
+	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+		return &tlsError{fmt.Errorf("%w (the agent serves plain HTTP)", err)}
 	}
 	return err
 }

@@ -155,6 +155,8 @@ func runManualFailover(c *cli.Context, kind string) error {
 	switch {
 	case ans.Code == http.StatusUnauthorized:
 		return failErr("%v", err)
+	case isTLSError(err):
+		return failErr("%s: %v; nothing was changed", via, err)
 	case err != nil && notDelivered(err):
 		fmt.Fprintf(c.App.ErrWriter, "No agent's REST API answered (%s); writing the request into Consul instead.\n", shortHTTPErr(err))
 		return r.viaConsul(c.Context, s, deadline)

@@ -85,6 +85,9 @@ type AgentSpec struct {
 	// connect address stays 127.0.0.1), as a production member does.
 	RestAPIExtra      string
 	RestAPIAnyAddress bool
+	// APITLS makes the REST API speak HTTPS with these certificates (and
+	// APIStatus use them).
+	APITLS *APITLS
 }
 
 func (s AgentSpec) binDir() string {
@@ -140,6 +143,9 @@ func NewAgent(t testing.TB, spec AgentSpec) *Agent {
 	}
 	tags := indent(spec.Tags)
 	restExtra := indent(spec.RestAPIExtra)
+	if spec.APITLS != nil {
+		restExtra += indent(spec.APITLS.RestAPIYAML())
+	}
 	if spec.Netns != nil {
 		// The namespace members' REST APIs listen on their bridge address,
 		// beyond loopback; the partition tests post to them without
@@ -391,7 +397,10 @@ func (a *Agent) IsWritable(ctx context.Context) (bool, error) {
 // and decoded JSON body (nil if not JSON).
 func (a *Agent) APIStatus(path string) (int, map[string]any, error) {
 	client := &http.Client{Timeout: 2 * time.Second}
-	resp, err := client.Get("http://" + a.APIAddr + path)
+	if a.Spec.APITLS != nil {
+		client = a.Spec.APITLS.Client(2 * time.Second)
+	}
+	resp, err := client.Get(a.APIURL() + path)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -399,6 +408,14 @@ func (a *Agent) APIStatus(path string) (int, map[string]any, error) {
 	var body map[string]any
 	json.NewDecoder(resp.Body).Decode(&body)
 	return resp.StatusCode, body, nil
+}
+
+// APIURL is the member's REST API base URL (https with APITLS).
+func (a *Agent) APIURL() string {
+	if a.Spec.APITLS != nil {
+		return "https://" + a.APIAddr
+	}
+	return "http://" + a.APIAddr
 }
 
 // InitDataDir runs a plain initdb into the agent's data dir, giving it a

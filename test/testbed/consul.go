@@ -55,6 +55,11 @@ type ConsulOptions struct {
 	// initial management token (Consul.ManagementToken, also the agent's
 	// own token for its node registration) and nothing else allowed.
 	ACL bool
+	// CheckTLS lets Consul's HTTP checks verify HTTPS REST APIs with this
+	// CA and show its certificate (enable_agent_tls_for_checks), as a
+	// production Consul agent beside pgmesh members with TLS does. Not
+	// combined with TLS.
+	CheckTLS *APITLS
 }
 
 // StartConsul starts a Consul server in dev-like single-node mode with a
@@ -137,6 +142,18 @@ tls {
 }
 `, c.CAFile, filepath.Join(c.certDir, "dc1-server-consul-0.pem"), filepath.Join(c.certDir, "dc1-server-consul-0-key.pem"))
 		c.HTTPAddr = "https://" + c.HTTPAddr
+	}
+	if opts.CheckTLS != nil && !opts.TLS {
+		hcl += fmt.Sprintf(`
+enable_agent_tls_for_checks = true
+tls {
+  defaults {
+    ca_file = %q
+    cert_file = %q
+    key_file = %q
+  }
+}
+`, opts.CheckTLS.CAFile, opts.CheckTLS.CertFile, opts.CheckTLS.KeyFile)
 	}
 	if opts.ACL {
 		c.ManagementToken = randomUUID()
