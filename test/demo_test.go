@@ -19,7 +19,9 @@ import (
 // TestDemo runs `pgmesh demo` the way the README tells a newcomer to, on a
 // small shape and free ports: it must come up, print the endpoints and
 // status, answer a write on every group's primary, and stop everything on
-// Ctrl-C.
+// Ctrl-C. It runs the demo with --secure (REST APIs over HTTPS with auth
+// and client certificates for changes), and uses the printed exports for a
+// switchover from the CLI.
 func TestDemo(t *testing.T) {
 	bin := testbed.PgmeshBinary(t)
 	consulBin, err := testbed.ConsulBinary()
@@ -32,7 +34,7 @@ func TestDemo(t *testing.T) {
 		"--consul-port", fmt.Sprint(cport), "--dns-port", fmt.Sprint(testbed.FreePort(t)),
 		"--pg-port", fmt.Sprint(testbed.FreePortBlock(t, 4)), "--api-port", fmt.Sprint(testbed.FreePortBlock(t, 4))}
 	haproxyBase := testbed.FreePortBlock(t, 13)
-	args = append(args, "--haproxy-port", fmt.Sprint(haproxyBase))
+	args = append(args, "--haproxy-port", fmt.Sprint(haproxyBase), "--secure")
 	// The demo shows the multi-master: with Spock when the kit is there (as
 	// on the project's machines and in CI), else native replication.
 	repl := "native"
@@ -147,6 +149,7 @@ func TestDemo(t *testing.T) {
 	if err != nil || !strings.Contains(string(js), "\"n2\"") {
 		t.Fatalf("status -o json: %v\n%s", err, js)
 	}
+	demoSecureSwitchover(t, bin, cport, out)
 	cmd.Process.Signal(syscall.SIGINT)
 	done := make(chan error, 1)
 	go func() {
@@ -166,4 +169,50 @@ func TestDemo(t *testing.T) {
 	if out, _ := exec.Command("pgrep", "-f", work).Output(); len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("processes left after the demo stopped: %s", out)
 	}
+}
+
+// demoSecureSwitchover follows the secure demo's printed instructions: the
+// exports it shows let `pgmesh switchover` through; without the password
+// the agent refuses (401) and nothing changes.
+func demoSecureSwitchover(t *testing.T, bin string, cport int, out []string) {
+	t.Helper()
+	env := []string{}
+	for _, l := range out {
+		l = strings.TrimSpace(l)
+		if !strings.HasPrefix(l, "export PGMESH_") {
+			continue
+		}
+		kv := strings.TrimPrefix(l, "export ")
+		if k, v, ok := strings.Cut(kv, "=$(cat "); ok {
+			b, err := os.ReadFile(strings.TrimSuffix(v, ")"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			kv = k + "=" + strings.TrimSpace(string(b))
+		}
+		env = append(env, kv)
+	}
+	if len(env) != 5 {
+		t.Fatalf("the secure demo printed %d exports, want 5:\n%s", len(env), strings.Join(out, "\n"))
+	}
+	run := func(env []string) (string, error) {
+		cmd := exec.Command(bin, "switchover", "--consul", fmt.Sprintf("127.0.0.1:%d", cport), "--cluster", "demo", "--group", "n2", "--force", "--timeout", "60s")
+		cmd.Env = append(os.Environ(), env...)
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+	var noPassword []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "PGMESH_RESTAPI_PASSWORD=") {
+			noPassword = append(noPassword, kv)
+		}
+	}
+	if text, err := run(noPassword); err == nil || !strings.Contains(text, "401") {
+		t.Fatalf("switchover without the password: %v\n%s", err, text)
+	}
+	text, err := run(env)
+	if err != nil {
+		t.Fatalf("switchover with the demo's exports: %v\n%s", err, text)
+	}
+	t.Logf("secure demo switchover: %s", strings.TrimSpace(text))
 }

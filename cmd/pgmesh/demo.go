@@ -30,6 +30,7 @@ func demoCommand() *cli.Command {
 			&cli.IntFlag{Name: "api-port", Value: 18008, Usage: "first agent REST API port (one per member)"},
 			&cli.IntFlag{Name: "haproxy-port", Value: 15000, Usage: "HAProxy write port; read = +1, stats = +2, per-group listeners from +10"},
 			&cli.StringFlag{Name: "replication", Usage: "replication between groups: spock, native or none (default: spock when the Spock kit scripts/setup builds is present, else native)"},
+			&cli.BoolFlag{Name: "secure", Usage: "REST APIs over HTTPS (a CA made for the demo), basic auth and client certificates for changes, HAProxy and Consul checking over TLS"},
 			&cli.StringFlag{Name: "pg-bin-dir", Usage: "PostgreSQL bin directory (default: the Spock kit for --replication spock, else /usr/lib/postgresql/15/bin)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -43,7 +44,7 @@ func demoCommand() *cli.Command {
 				WorkDir: c.String("workdir"), Groups: c.Int("groups"), Members: c.Int("members"),
 				ConsulBin: c.String("consul-bin"), OSUser: c.String("os-user"), Out: c.App.Writer,
 				ConsulHTTPPort: c.Int("consul-port"), ConsulDNSPort: c.Int("dns-port"), PGBasePort: c.Int("pg-port"), APIBasePort: c.Int("api-port"),
-				Replication: repl, BinDir: binDir,
+				Replication: repl, BinDir: binDir, Secure: c.Bool("secure"),
 			})
 			if err != nil {
 				return cli.Exit("demo: "+err.Error(), 1)
@@ -60,7 +61,11 @@ func demoCommand() *cli.Command {
 				}
 			}
 			fmt.Fprintf(c.App.Writer, "[+] starting HAProxy fed by `pgmesh render` (local group n1)\n")
-			routing, err := startDemoRouting(ctx, c.String("workdir"), mesh.Consul, mesh.Options().Cluster, "n1", c.Int("haproxy-port"))
+			apiCA := ""
+			if sec := mesh.Secure(); sec != nil {
+				apiCA = sec.CAFile
+			}
+			routing, err := startDemoRouting(ctx, c.String("workdir"), mesh.Consul, mesh.Options().Cluster, "n1", c.Int("haproxy-port"), apiCA)
 			if err != nil {
 				mesh.Stop()
 				return cli.Exit("demo: "+err.Error(), 1)
@@ -141,7 +146,21 @@ func printDemoSummary(c *cli.Context, mesh *demo.Mesh, r *demoRouting, repl, pro
 	fmt.Fprintf(w, "Consul:      http://%s/ui   (export CONSUL_HTTP_ADDR=%s)\n", mesh.Consul, mesh.Consul)
 	fmt.Fprintf(w, "PostgreSQL:  user postgres, password demo-superuser\n")
 	for _, m := range mesh.Members() {
-		fmt.Fprintf(w, "  %-6s %-6s psql \"host=127.0.0.1 port=%d user=postgres password=demo-superuser\"   REST http://127.0.0.1:%d/patroni\n", m.Group, m.Name, m.PGPort, m.APIPort)
+		fmt.Fprintf(w, "  %-6s %-6s psql \"host=127.0.0.1 port=%d user=postgres password=demo-superuser\"   REST %s/patroni\n", m.Group, m.Name, m.PGPort, mesh.APIURL(m))
+	}
+	statusEnv := os.Environ()
+	if sec := mesh.Secure(); sec != nil {
+		fmt.Fprintf(w, "\nREST APIs speak HTTPS (CA %s); changes need the password and a client certificate.\n", sec.CAFile)
+		fmt.Fprintf(w, "For switchover, restart, pause… from this shell:\n")
+		exports := []string{
+			"PGMESH_API_CACERT=" + sec.CAFile, "PGMESH_API_CERT=" + sec.CertFile, "PGMESH_API_KEY=" + sec.KeyFile,
+			"PGMESH_RESTAPI_USERNAME=" + sec.Username, "PGMESH_RESTAPI_PASSWORD=$(cat " + sec.PasswordFile + ")",
+		}
+		for _, e := range exports {
+			fmt.Fprintf(w, "  export %s\n", e)
+		}
+		fmt.Fprintf(w, "  curl --cacert %s %s/patroni\n", sec.CAFile, mesh.APIURL(mesh.Members()[0]))
+		statusEnv = append(statusEnv, "PGMESH_API_CACERT="+sec.CAFile)
 	}
 	fmt.Fprintf(w, "\nDNS (every writable primary, one group's primary, healthy replicas):\n")
 	fmt.Fprintf(w, "  dig @127.0.0.1 -p %d primary.%s.service.consul SRV\n", o.ConsulDNSPort, o.Cluster)
@@ -152,7 +171,7 @@ func printDemoSummary(c *cli.Context, mesh *demo.Mesh, r *demoRouting, repl, pro
 	exe, err := os.Executable()
 	if err == nil {
 		cmd := exec.Command(exe, "status", "--consul", mesh.Consul, "--cluster", o.Cluster)
-		cmd.Stdout, cmd.Stderr = w, os.Stderr
+		cmd.Stdout, cmd.Stderr, cmd.Env = w, os.Stderr, statusEnv
 		cmd.Run()
 	}
 	fmt.Fprintf(w, "\nWatch it live: %s status --consul %s --cluster %s --watch 2\nPress Ctrl-C to stop everything the demo started.\n", exe, mesh.Consul, o.Cluster)

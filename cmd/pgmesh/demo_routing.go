@@ -30,7 +30,7 @@ type demoRouting struct {
 	haproxyLog string
 }
 
-func startDemoRouting(ctx context.Context, workDir, consulAddr, cluster, localGroup string, base int) (*demoRouting, error) {
+func startDemoRouting(ctx context.Context, workDir, consulAddr, cluster, localGroup string, base int, apiCAFile string) (*demoRouting, error) {
 	haproxyBin, err := exec.LookPath("haproxy")
 	if err != nil {
 		return nil, fmt.Errorf("haproxy not found (scripts/setup installs it): %w", err)
@@ -55,6 +55,10 @@ func startDemoRouting(ctx context.Context, workDir, consulAddr, cluster, localGr
 	socket := filepath.Join(r.dir, "admin.sock")
 	r.renderLog = filepath.Join(r.dir, "render.log")
 	r.haproxyLog = filepath.Join(r.dir, "haproxy.log")
+	apiCA := ""
+	if apiCAFile != "" {
+		apiCA = fmt.Sprintf("  api_ca_file: %s\n", apiCAFile)
+	}
 	yml := fmt.Sprintf(`# pgmesh demo: HAProxy routing rendered from the live mesh
 cluster: %s
 local_group: %s
@@ -65,7 +69,7 @@ data:
   socket: %s
   max_lag: 16MB
   ports: {write: %d, read: %d, stats: %d, group_base: %d}
-templates:
+%stemplates:
   - template: builtin:haproxy.cfg.tmpl
     destination: %s
     validate: haproxy -c -q -f {{file}}
@@ -73,7 +77,7 @@ templates:
     haproxy_socket: %s
   - template: builtin:pg_service.conf.tmpl
     destination: %s
-`, cluster, localGroup, consulAddr, socket, r.write, r.read, r.stats, r.groupBase, cfg, pidFile, socket, filepath.Join(r.dir, "pg_service.conf"))
+`, cluster, localGroup, consulAddr, socket, r.write, r.read, r.stats, r.groupBase, apiCA, cfg, pidFile, socket, filepath.Join(r.dir, "pg_service.conf"))
 	renderCfg := filepath.Join(r.dir, "render.yml")
 	if err := os.WriteFile(renderCfg, []byte(yml), 0o644); err != nil {
 		return nil, err

@@ -71,6 +71,9 @@ type Options struct {
 	// BinDir is the PostgreSQL bin directory of every member (default
 	// /usr/lib/postgresql/15/bin).
 	BinDir string
+	// Secure runs the REST APIs over HTTPS (a CA made for the demo) with
+	// basic auth on mutating requests; see Mesh.Secure.
+	Secure bool
 }
 
 // Member is one demo member.
@@ -96,6 +99,10 @@ type Mesh struct {
 	consulDone chan struct{}
 	cred       *syscall.Credential
 	Consul     string
+	secure     *Secure
+	// apiClient reads the members' REST APIs (HTTPS with the demo CA when
+	// secure).
+	apiClient *http.Client
 
 	mu sync.Mutex
 }
@@ -172,6 +179,12 @@ func Start(ctx context.Context, opts Options) (*Mesh, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts.Secure {
+		if err := m.setupSecure(); err != nil {
+			m.Stop()
+			return nil, fmt.Errorf("--secure: %w", err)
+		}
+	}
 	if err := m.startConsul(ctx); err != nil {
 		m.Stop()
 		return nil, err
@@ -211,7 +224,7 @@ func prepare(opts Options, consulOnly bool) (*Mesh, error) {
 	if consulOnly {
 		opts.Groups, opts.Members = 0, 0
 	}
-	m := &Mesh{opts: opts, Consul: fmt.Sprintf("127.0.0.1:%d", opts.ConsulHTTPPort)}
+	m := &Mesh{opts: opts, Consul: fmt.Sprintf("127.0.0.1:%d", opts.ConsulHTTPPort), apiClient: &http.Client{Timeout: time.Second}}
 	if os.Geteuid() == 0 {
 		name := opts.OSUser
 		if name == "" {
@@ -448,6 +461,7 @@ func (m *Mesh) agentConfig(mem *Member) string {
 	if r := m.opts.Replication; r != "" && r != consulkv.ReplicationNone {
 		repl = fmt.Sprintf("    replication: %s\n", r)
 	}
+	secConsul, secREST := m.secureAgentYAML()
 	return fmt.Sprintf(`# pgmesh demo member %s
 cluster: %s
 group: %s
@@ -455,9 +469,9 @@ name: %s
 consul:
   address: %s
   service_tags: [demo]
-%srestapi:
+%s%srestapi:
   listen: 127.0.0.1:%d
-postgresql:
+%spostgresql:
   data_dir: %s
 %s  listen: 127.0.0.1
   port: %d
@@ -473,7 +487,7 @@ postgresql:
 %slog:
   level: %s
   format: console
-`, mem.Name, m.opts.Cluster, mem.Group, mem.Name, consul, checks, mem.APIPort, mem.DataDir, binDir, mem.PGPort, pl.String(),
+`, mem.Name, m.opts.Cluster, mem.Group, mem.Name, consul, checks, secConsul, mem.APIPort, secREST, mem.DataDir, binDir, mem.PGPort, pl.String(),
 		m.opts.TTL, m.opts.LoopWait, m.opts.RetryTimeout, m.opts.LockDelay, repl, m.opts.LogLevel)
 }
 
@@ -742,9 +756,8 @@ func procAlive(pid int) bool {
 	return stat[i+2] != 'Z' && stat[i+2] != 'X'
 }
 
-func httpStatus(url string) (int, map[string]any) {
-	c := &http.Client{Timeout: time.Second}
-	resp, err := c.Get(url)
+func (m *Mesh) httpStatus(url string) (int, map[string]any) {
+	resp, err := m.apiClient.Get(url)
 	if err != nil {
 		return 0, nil
 	}
@@ -775,9 +788,9 @@ func (m *Mesh) waitHealthy(ctx context.Context, timeout time.Duration, quiet boo
 		}
 		ready := 0
 		for _, mem := range m.members {
-			base := fmt.Sprintf("http://127.0.0.1:%d", mem.APIPort)
-			p, _ := httpStatus(base + "/primary")
-			r, _ := httpStatus(base + "/replica")
+			base := m.APIURL(mem)
+			p, _ := m.httpStatus(base + "/primary")
+			r, _ := m.httpStatus(base + "/replica")
 			if p == 200 || r == 200 {
 				ready++
 				if !reported[mem.Name] && !quiet {
