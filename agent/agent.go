@@ -78,6 +78,10 @@ type Agent struct {
 	// peerTLS is how this member calls its peers' REST APIs over HTTPS
 	// (nil: plain HTTP).
 	peerTLS *health.ClientTLS
+	// metrics are pgmesh's own Prometheus metrics (GET /metrics); loops
+	// counts completed HA loops (the first one's leadership is not a change).
+	metrics *agentMetrics
+	loops   int
 	// syncNames is the synchronous_standby_names the leader wants.
 	syncNames string
 	// replies tells standbys that stopped replying (sync.go).
@@ -177,7 +181,9 @@ func New(cfg *Config, log *zap.Logger) (*Agent, error) {
 			return nil, fmt.Errorf("restapi TLS for calls to peers: %w", err)
 		}
 	}
+	a.metrics = newAgentMetrics(a)
 	a.api = health.NewServer(a, health.Options{
+		Metrics:         a.metrics.reg,
 		TLS:             serverTLS,
 		Listen:          cfg.RestAPI.Listen,
 		Auth:            a.basicAuth(),

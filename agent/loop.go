@@ -21,6 +21,9 @@ import (
 
 // runOnce is one observe → decide → act round.
 func (a *Agent) runOnce(ctx context.Context) error {
+	start := time.Now()
+	wasLeader := a.State().IsLeader
+	defer func() { a.metrics.loopDuration.Observe(time.Since(start).Seconds()) }()
 	a.retryAcquireAt = time.Time{}
 	o := a.observe(ctx)
 	if o.Group != nil && o.Group.Leader != nil {
@@ -28,6 +31,7 @@ func (a *Agent) runOnce(ctx context.Context) error {
 	}
 	d := Decide(o)
 	a.logDecision(d)
+	a.metrics.decisions.WithLabelValues(d.Action.String()).Inc()
 	if d.Action == ActRefuse {
 		a.setState(func(s *health.MemberState) { s.State = "refused"; s.Message = d.Reason })
 		return fmt.Errorf("%w: %s", ErrRefused, d.Reason)
@@ -38,7 +42,22 @@ func (a *Agent) runOnce(ctx context.Context) error {
 	}
 	a.afterAct(ctx, o)
 	a.publish(ctx, o, d)
+	if !wasLeader && a.State().IsLeader && a.loops > 0 {
+		a.metrics.leaderTaken.WithLabelValues(leaderChangeKind(o, d)).Inc()
+	}
+	a.loops++
 	return nil
+}
+
+// leaderChangeKind says why this member just became the leader.
+func leaderChangeKind(o Observation, d Decision) string {
+	switch {
+	case d.Action == ActRaceInitialize || d.Action == ActBootstrap:
+		return "bootstrap"
+	case o.Group != nil && o.Group.Failover != nil:
+		return "switchover"
+	}
+	return "failover"
 }
 
 // afterAct keeps a replica's logical slot copies current.
@@ -115,6 +134,11 @@ func (a *Agent) observe(ctx context.Context) Observation {
 			o.Group = g
 			a.lastGroup = g
 			a.lastGroupView.Store(g)
+			seen := time.Now()
+			a.setState(func(s *health.MemberState) {
+				s.DCSLastSeen = seen
+				s.SyncStandby = listedSyncStandby(g, a.cfg.Name)
+			})
 			a.logProblems(g)
 			if !a.consulDownFrom.IsZero() {
 				a.log.Info("consul reachable again", zap.Duration("after", time.Since(a.consulDownFrom).Round(time.Millisecond)))
@@ -168,6 +192,7 @@ func (a *Agent) rollSession(ctx context.Context) {
 // as Consul gave it. The first failure is logged at once, a persisting one
 // again every minute; the REST status and the member message say it.
 func (a *Agent) noteConsulDown(err error) {
+	a.metrics.consulErrors.WithLabelValues(consulErrorKind(err)).Inc()
 	what := "consul unreachable"
 	a.consulRefused = errors.Is(err, consulkv.ErrPermission)
 	if a.consulRefused {
@@ -296,13 +321,36 @@ func (a *Agent) observeLocal(ctx context.Context) Local {
 		}
 		l.NotStreamingFor = time.Since(a.lastStreaming)
 	}
+	var repl []health.Replication
+	if !st.InRecovery {
+		for _, r := range st.Replication {
+			repl = append(repl, health.Replication{Usename: r.User, ApplicationName: r.ApplicationName, ClientAddr: r.ClientAddr,
+				State: r.State, SyncState: r.SyncState, SyncPriority: int(r.SyncPriority)})
+		}
+	}
 	a.setState(func(s *health.MemberState) {
+		s.Replication = repl
+		s.ReplayPaused, s.ReplayTimestamp = st.ReplayPaused, st.ReplayTimestamp
 		s.PGVersion = st.ServerVersion
 		s.StartTime = st.StartTime
 		s.WriteLSN, s.ReceiveLSN, s.ReplayLSN = uint64(st.CurrentLSN), uint64(st.ReceiveLSN), uint64(st.ReplayLSN)
 		s.PendingRestart = len(st.PendingRestart) > 0
 	})
 	return l
+}
+
+// listedSyncStandby: the group's current leader lists member as a
+// synchronous standby (a sync key left by an earlier leader does not count).
+func listedSyncStandby(g *consulkv.GroupView, member string) bool {
+	if g == nil || g.Sync == nil || g.Leader == nil || g.Sync.Leader != g.Leader.Member {
+		return false
+	}
+	for _, m := range g.Sync.SyncStandbys {
+		if m == member {
+			return true
+		}
+	}
+	return false
 }
 
 // pollPeers asks the other members' REST APIs for their WAL positions,
@@ -441,6 +489,7 @@ func (a *Agent) publish(ctx context.Context, o Observation, d Decision) {
 	}
 	if role == consulkv.RolePrimary {
 		m.Logical = a.logical
+		a.metrics.logical.Store(a.logical)
 		m.Message = a.logicalMessage(m.Message, true) // PostgreSQL 17 non-failover slots
 	} else {
 		m.LogicalSlotsReady = a.slotsReady

@@ -109,6 +109,9 @@ func (r *registrar) run(ctx context.Context) {
 		err := r.send(ctx, true)
 		switch {
 		case err != nil && ctx.Err() == nil:
+			if r.a.metrics != nil {
+				r.a.metrics.consulErrors.WithLabelValues(consulErrorKind(err)).Inc()
+			}
 			if !failing {
 				r.a.log.Warn("service registration failed; retrying with backoff", zap.Error(err))
 				failing = true

@@ -28,7 +28,36 @@ var healthChecks = map[string]healthCheck{
 	"/health":     checkHealth,
 	"/liveness":   checkLiveness,
 	"/readiness":  checkReadiness,
+	// Patroni's synchronous/asynchronous standby endpoints.
+	"/sync":         checkSync,
+	"/synchronous":  checkSync,
+	"/async":        checkAsync,
+	"/asynchronous": checkAsync,
+	// pgmesh runs no standby clusters, so no member is ever a standby
+	// leader; the path answers 503 instead of 404 so Patroni-era checks
+	// read "no" rather than "misconfigured".
+	"/standby-leader": checkStandbyLeader,
+	"/standby_leader": checkStandbyLeader,
 }
+
+// checkSync: a running replica the leader lists as synchronous standby.
+func checkSync(st MemberState, q url.Values, _ time.Time) (bool, error) {
+	if st.Role != consulkv.RoleReplica || !st.PGRunning || st.IsLeader || !st.SyncStandby {
+		return false, nil
+	}
+	return replicaFilters(st, q)
+}
+
+// checkAsync: a running, streaming replica that is not a synchronous
+// standby (?lag= as for /replica).
+func checkAsync(st MemberState, q url.Values, _ time.Time) (bool, error) {
+	if st.Role != consulkv.RoleReplica || !st.PGRunning || !st.Streaming || st.IsLeader || st.SyncStandby {
+		return false, nil
+	}
+	return replicaFilters(st, q)
+}
+
+func checkStandbyLeader(MemberState, url.Values, time.Time) (bool, error) { return false, nil }
 
 // checkPrimary asks all three facts even though Writable should imply the
 // others: routing writes to a member on a half-updated state is the one

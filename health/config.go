@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"reflect"
+	"strconv"
+	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
 )
@@ -31,7 +33,133 @@ func (s *Server) handleGetConfig(w http.ResponseWriter, r *http.Request) {
 		writeText(w, r, http.StatusNotFound, "no dynamic configuration is stored")
 		return
 	}
-	writeJSON(w, r, http.StatusOK, cfg)
+	s.writeConfig(w, r, cfg)
+}
+
+// writeConfig answers with the configuration in Patroni's shape.
+func (s *Server) writeConfig(w http.ResponseWriter, r *http.Request, cfg *consulkv.ClusterConfig) {
+	obj, err := PatroniConfig(cfg)
+	if err != nil {
+		writeText(w, r, http.StatusInternalServerError, "cannot encode the configuration: "+err.Error())
+		return
+	}
+	writeJSON(w, r, http.StatusOK, obj)
+}
+
+// durationKeys are the configuration's durations: numbers of seconds in
+// Patroni's shape (strings such as "10s" are accepted on input too).
+var durationKeys = []string{"ttl", "loop_wait", "retry_timeout", "lock_delay", "primary_start_timeout"}
+
+// PatroniConfig is cfg as Patroni's GET /config shows a dynamic
+// configuration: durations as numbers of seconds and the PostgreSQL
+// parameters under postgresql.parameters, with use_pg_rewind and use_slots
+// (pgmesh always rewinds and always uses slots).
+func PatroniConfig(cfg *consulkv.ClusterConfig) (map[string]any, error) {
+	obj, err := toObject(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range durationKeys {
+		v, ok := obj[k].(string)
+		if !ok {
+			continue
+		}
+		var d consulkv.Duration
+		if err := d.Set(v); err != nil {
+			return nil, fmt.Errorf("%s: %w", k, err)
+		}
+		obj[k] = secondsNumber(d.D())
+	}
+	pgSection := map[string]any{"use_pg_rewind": true, "use_slots": true, "parameters": map[string]any{}}
+	if p, ok := obj["parameters"]; ok {
+		pgSection["parameters"] = p
+		delete(obj, "parameters")
+	}
+	obj["postgresql"] = pgSection
+	return obj, nil
+}
+
+// secondsNumber is d in seconds as a JSON number: an integer when whole.
+func secondsNumber(d time.Duration) json.Number {
+	if d%time.Second == 0 {
+		return json.Number(strconv.FormatInt(int64(d/time.Second), 10))
+	}
+	return json.Number(strconv.FormatFloat(d.Seconds(), 'f', -1, 64))
+}
+
+// toPatroniShape moves a top-level "parameters" (pgmesh's stored shape)
+// under postgresql.parameters, so documents in either shape merge and
+// compare alike.
+func toPatroniShape(obj map[string]any) error {
+	top, ok := obj["parameters"]
+	if !ok {
+		return nil
+	}
+	delete(obj, "parameters")
+	if top == nil {
+		// null deletes: the same as postgresql.parameters: null.
+		pgs, _ := obj["postgresql"].(map[string]any)
+		if pgs == nil {
+			pgs = map[string]any{}
+		}
+		pgs["parameters"] = nil
+		obj["postgresql"] = pgs
+		return nil
+	}
+	topMap, ok := top.(map[string]any)
+	if !ok {
+		return errors.New("parameters: expected an object")
+	}
+	pgs, _ := obj["postgresql"].(map[string]any)
+	if pgs == nil {
+		if obj["postgresql"] != nil {
+			return errors.New("postgresql: expected an object")
+		}
+		pgs = map[string]any{}
+	}
+	params, _ := pgs["parameters"].(map[string]any)
+	if params == nil {
+		params = map[string]any{}
+	}
+	for k, v := range topMap {
+		params[k] = v
+	}
+	pgs["parameters"] = params
+	obj["postgresql"] = pgs
+	return nil
+}
+
+// fromPatroniShape is the inverse for decoding: postgresql.parameters
+// becomes the stored "parameters"; use_pg_rewind and use_slots must be true
+// (or absent) because pgmesh cannot run without them.
+func fromPatroniShape(obj map[string]any) error {
+	raw, ok := obj["postgresql"]
+	if !ok {
+		return nil
+	}
+	delete(obj, "postgresql")
+	if raw == nil {
+		return nil
+	}
+	pgs, ok := raw.(map[string]any)
+	if !ok {
+		return errors.New("postgresql: expected an object")
+	}
+	for k, v := range pgs {
+		switch k {
+		case "parameters":
+			if v != nil {
+				obj["parameters"] = v
+			}
+		case "use_pg_rewind", "use_slots":
+			if b, ok := v.(bool); !ok || !b {
+				return fmt.Errorf("postgresql.%s: pgmesh always uses pg_rewind and replication slots; only true is accepted", k)
+			}
+		default:
+			return fmt.Errorf("postgresql.%s: not a dynamic setting pgmesh knows (postgresql.parameters, use_pg_rewind and use_slots are)", k)
+		}
+	}
+	return nil
 }
 
 // handlePatchConfig applies an RFC 7386 merge patch to the stored config.
@@ -44,6 +172,9 @@ func (s *Server) handlePatchConfig(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	patch, err := decodeObject(body)
+	if err == nil {
+		err = toPatroniShape(patch)
+	}
 	if err != nil {
 		writeText(w, r, http.StatusBadRequest, "invalid patch: "+err.Error())
 		return
@@ -56,7 +187,7 @@ func (s *Server) handlePatchConfig(w http.ResponseWriter, r *http.Request) {
 		}
 		base := map[string]any{}
 		if cur != nil {
-			if base, err = toObject(cur); err != nil {
+			if base, err = PatroniConfig(cur); err != nil {
 				writeText(w, r, http.StatusInternalServerError, "cannot encode the stored configuration: "+err.Error())
 				return
 			}
@@ -68,7 +199,7 @@ func (s *Server) handlePatchConfig(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if cur != nil && reflect.DeepEqual(*cur, *cfg) {
-			writeJSON(w, r, http.StatusOK, cfg)
+			s.writeConfig(w, r, cfg)
 			return
 		}
 		if s.casConfig(w, r, cfg, index) {
@@ -130,7 +261,7 @@ func (s *Server) casConfig(w http.ResponseWriter, r *http.Request, cfg *consulkv
 	// Every agent applies config at its next loop; waking ours makes the
 	// change visible here at once.
 	s.ctl.Wake()
-	writeJSON(w, r, http.StatusOK, cfg)
+	s.writeConfig(w, r, cfg)
 	return true
 }
 
@@ -221,6 +352,12 @@ func mergePatch(target, patch any) any {
 func configFromObject(obj map[string]any) (*consulkv.ClusterConfig, error) {
 	if obj == nil {
 		obj = map[string]any{}
+	}
+	if err := toPatroniShape(obj); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %v", err)
+	}
+	if err := fromPatroniShape(obj); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %v", err)
 	}
 	// Patroni configs write parameter values as numbers and booleans;
 	// PostgreSQL takes them all as strings.

@@ -30,9 +30,15 @@ func TestGetConfig(t *testing.T) {
 	}
 	f.cfg, f.cfgIndex = baseConfig(), 7
 	code, body, _ := do(t, h, http.MethodGet, "/config", "")
-	var got consulkv.ClusterConfig
-	if err := json.Unmarshal([]byte(body), &got); code != 200 || err != nil || got.TTL.D() != 30*time.Second || got.Parameters["wal_level"] != "logical" {
-		t.Errorf("GET /config = %d %s", code, body)
+	got, err := configFromBody(body)
+	if code != 200 || err != nil || got.TTL.D() != 30*time.Second || got.Parameters["wal_level"] != "logical" {
+		t.Errorf("GET /config = %d %s (%v)", code, body, err)
+	}
+	// Patroni's shape: numbers of seconds, parameters under postgresql.
+	for _, want := range []string{`"ttl":30`, `"loop_wait":5`, `"retry_timeout":10`, `"postgresql":{"parameters":{"max_connections":"100","wal_level":"logical"},"use_pg_rewind":true,"use_slots":true}`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("GET /config lacks %s: %s", want, body)
+		}
 	}
 	f.cfgErr = errors.New("connection refused")
 	if code, _, _ := do(t, h, http.MethodGet, "/config", ""); code != 503 {
@@ -94,7 +100,20 @@ func TestPatchConfig(t *testing.T) {
 		{name: "timing rule", patch: `{"ttl":"5s"}`, code: 400, msg: "timing rule"},
 		{name: "bad duration", patch: `{"ttl":"soon"}`, code: 400, msg: "invalid duration"},
 		{name: "negative lag", patch: `{"maximum_lag_on_failover":-1}`, code: 400, msg: "invalid configuration"},
-		{name: "unknown field", patch: `{"postgresql":{"parameters":{"x":"1"}}}`, code: 400, msg: "unknown field"},
+		{name: "unknown field", patch: `{"master_start_timeoutt":1}`, code: 400, msg: "unknown field"},
+		{name: "patroni postgresql.parameters", patch: `{"postgresql":{"parameters":{"work_mem":"16MB","max_connections":null},"use_slots":true}}`, code: 200,
+			check: func(t *testing.T, c *consulkv.ClusterConfig) {
+				if c.Parameters["work_mem"] != "16MB" || c.Parameters["wal_level"] != "logical" || len(c.Parameters) != 2 {
+					t.Errorf("parameters = %v", c.Parameters)
+				}
+			}},
+		{name: "fractional seconds", patch: `{"loop_wait":1.5}`, code: 200, check: func(t *testing.T, c *consulkv.ClusterConfig) {
+			if c.LoopWait.D() != 1500*time.Millisecond {
+				t.Errorf("loop_wait = %s", c.LoopWait.D())
+			}
+		}},
+		{name: "use_slots false", patch: `{"postgresql":{"use_slots":false}}`, code: 400, msg: "always uses pg_rewind and replication slots"},
+		{name: "unknown postgresql key", patch: `{"postgresql":{"recovery_conf":{}}}`, code: 400, msg: "postgresql.recovery_conf"},
 		{name: "bad parameter name", patch: `{"parameters":{"a b":"1"}}`, code: 400, msg: "parameter name"},
 		{name: "future version", patch: `{"version":2}`, code: 400, msg: "unsupported version"},
 		{name: "not an object", patch: `null`, code: 400, msg: "JSON object"},
@@ -120,13 +139,13 @@ func TestPatchConfig(t *testing.T) {
 				}
 				return
 			}
-			var got consulkv.ClusterConfig
-			if err := json.Unmarshal([]byte(body), &got); err != nil {
+			got, err := configFromBody(body)
+			if err != nil {
 				t.Fatalf("response %q: %v", body, err)
 			}
 			stored, _, _ := f.Config(t.Context())
 			if tc.check != nil {
-				tc.check(t, &got)
+				tc.check(t, got)
 				tc.check(t, stored)
 			}
 		})
@@ -270,4 +289,14 @@ func TestPatchConfigRefusesUnsafeForAMember(t *testing.T) {
 	if code, body, _ := do(t, h, http.MethodPatch, "/config", `{"lock_delay":"16s"}`); code != 200 {
 		t.Fatalf("a safe lock_delay was refused: %d %s", code, body)
 	}
+}
+
+// configFromBody reads a /config answer (Patroni's shape) back into the
+// stored form, as a client that PATCHes what it GOT would.
+func configFromBody(body string) (*consulkv.ClusterConfig, error) {
+	obj, err := decodeObject([]byte(body))
+	if err != nil {
+		return nil, err
+	}
+	return configFromObject(obj)
 }

@@ -47,6 +47,39 @@ type MemberState struct {
 	// ConfigProblem says why the stored cluster config was not adopted
 	// ("" when it was): the agent runs on the last good one meanwhile.
 	ConfigProblem string
+	// DCSLastSeen is when Consul last answered the agent's group read.
+	DCSLastSeen time.Time
+	// SyncStandby: the group's leader lists this member as a synchronous
+	// standby.
+	SyncStandby bool
+	// ReplayPaused and ReplayTimestamp describe a replica's WAL replay
+	// (paused by pg_wal_replay_pause(); commit time of the last replayed
+	// transaction).
+	ReplayPaused    bool
+	ReplayTimestamp time.Time
+	// Replication lists the leader's walsenders (pg_stat_replication).
+	Replication []Replication
+	// FailsafeActive: the leader keeps running without Consul because every
+	// member of its group confirmed it (failsafe mode; not built yet, so
+	// always false).
+	FailsafeActive bool
+}
+
+// Replication is one standby connection of the leader, with Patroni's
+// field names.
+type Replication struct {
+	Usename         string `json:"usename"`
+	ApplicationName string `json:"application_name"`
+	ClientAddr      string `json:"client_addr"`
+	State           string `json:"state"`
+	SyncState       string `json:"sync_state"`
+	SyncPriority    int    `json:"sync_priority"`
+}
+
+// InArchiveRecovery: a running replica that is not streaming (replaying
+// what it has, or from an archive), as Patroni's metric of that name.
+func (s MemberState) InArchiveRecovery() bool {
+	return s.PGRunning && s.Role == consulkv.RoleReplica && !s.Streaming
 }
 
 // LagBytes is how far behind the leader's last published LSN the member is

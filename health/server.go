@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -55,7 +56,10 @@ type Options struct {
 	// optional or required, mutating requests also need a client
 	// certificate that verified against TLS.CAFile.
 	TLS *TLSOptions
-	Log *zap.Logger
+	// Metrics holds the agent's own metrics; GET /metrics serves them with
+	// Patroni's gauges (a private registry when nil).
+	Metrics *prometheus.Registry
+	Log     *zap.Logger
 	// SwitchoverTimeout bounds how long POST /switchover and /failover wait
 	// for the new leader (DefaultSwitchoverTimeout when zero).
 	SwitchoverTimeout time.Duration
@@ -112,6 +116,7 @@ func NewServer(ctl Controller, o Options) *Server {
 	s.routes["/status"] = &route{read: s.handlePatroni}
 	s.routes["/cluster"] = &route{read: s.handleCluster}
 	s.routes["/history"] = &route{read: s.handleHistory}
+	s.routes["/metrics"] = &route{read: s.metricsHandler()}
 	s.routes["/config"] = &route{read: s.handleGetConfig, write: map[string]http.HandlerFunc{
 		http.MethodPatch: s.handlePatchConfig,
 		http.MethodPut:   s.handlePutConfig,

@@ -177,7 +177,7 @@ func TestPatroniStatusJSON(t *testing.T) {
 		xlog    string
 	}{
 		{"primary", p, 500 << 20, `{"location":524288000}`},
-		{"replica", r, 500 << 20, `{"received_location":524288000,"replayed_location":523239424}`},
+		{"replica", r, 500 << 20, `{"received_location":524288000,"replayed_location":523239424,"paused":false}`},
 		{"stopped", stopped, 0, ``},
 	}
 	for _, tc := range cases {

@@ -50,6 +50,14 @@ type Status struct {
 	// ConfigProblem: why the stored cluster config was not adopted
 	// (pgmesh addition; absent when it was).
 	ConfigProblem string `json:"config_problem,omitempty"`
+	// DCSLastSeen is when Consul last answered (Unix seconds).
+	DCSLastSeen int64 `json:"dcs_last_seen,omitempty"`
+	// SyncStandby: listed as a synchronous standby by the leader.
+	SyncStandby bool `json:"sync_standby,omitempty"`
+	// Replication is the leader's standbys (pg_stat_replication).
+	Replication []Replication `json:"replication,omitempty"`
+	// FailsafeModeIsActive as Patroni reports it (only when true).
+	FailsafeModeIsActive bool `json:"failsafe_mode_is_active,omitempty"`
 }
 
 // XLog is the member's WAL position: Location on a primary,
@@ -58,6 +66,11 @@ type XLog struct {
 	Location         uint64 `json:"location,omitempty"`
 	ReceivedLocation uint64 `json:"received_location,omitempty"`
 	ReplayedLocation uint64 `json:"replayed_location,omitempty"`
+	// ReplayedTimestamp is the commit time of the last replayed
+	// transaction (a replica's; Patroni's format).
+	ReplayedTimestamp string `json:"replayed_timestamp,omitempty"`
+	// Paused is present on replicas: WAL replay is paused.
+	Paused *bool `json:"paused,omitempty"`
 }
 
 // PatroniInfo identifies the agent. Scope is the group (Patroni's scope is
@@ -96,14 +109,19 @@ func NewStatus(st MemberState) Status {
 			Name:    st.Name,
 			Cluster: st.Cluster,
 		},
-		Tags:            Tags(st.Tags),
-		PendingRestart:  st.PendingRestart,
-		Pause:           st.Paused,
-		ClusterUnlocked: st.LeaderName == "",
-		Lag:             st.LagBytes(),
-		Leader:          st.LeaderName,
-		Message:         st.Message,
-		ConfigProblem:   st.ConfigProblem,
+		Tags:                 Tags(st.Tags),
+		PendingRestart:       st.PendingRestart,
+		Pause:                st.Paused,
+		ClusterUnlocked:      st.LeaderName == "",
+		Lag:                  st.LagBytes(),
+		Leader:               st.LeaderName,
+		Message:              st.Message,
+		ConfigProblem:        st.ConfigProblem,
+		SyncStandby:          st.SyncStandby,
+		FailsafeModeIsActive: st.FailsafeActive,
+	}
+	if !st.DCSLastSeen.IsZero() {
+		s.DCSLastSeen = st.DCSLastSeen.Unix()
 	}
 	if s.State == "" {
 		s.State = "unknown"
@@ -118,10 +136,17 @@ func NewStatus(st MemberState) Status {
 		switch st.Role {
 		case consulkv.RolePrimary:
 			s.XLog = &XLog{Location: st.WriteLSN}
+			if st.IsLeader {
+				s.Replication = st.Replication
+			}
 		case consulkv.RoleReplica:
 			// Patroni falls back to the replayed position when the WAL
 			// receiver has not reported one yet.
-			s.XLog = &XLog{ReceivedLocation: max(st.ReceiveLSN, st.ReplayLSN), ReplayedLocation: st.ReplayLSN}
+			paused := st.ReplayPaused
+			s.XLog = &XLog{ReceivedLocation: max(st.ReceiveLSN, st.ReplayLSN), ReplayedLocation: st.ReplayLSN, Paused: &paused}
+			if !st.ReplayTimestamp.IsZero() {
+				s.XLog.ReplayedTimestamp = st.ReplayTimestamp.Format(postmasterTimeLayout)
+			}
 			if st.Streaming {
 				s.ReplicationState = "streaming"
 			}

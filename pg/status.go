@@ -35,9 +35,11 @@ type Status struct {
 	ReplayLSN  LSN `json:"replay_lsn"`
 	// ReplayTimestamp is the commit time of the last replayed transaction
 	// (zero if none since start).
-	ReplayTimestamp time.Time         `json:"replay_timestamp,omitzero"`
-	WalReceiver     *WalReceiver      `json:"wal_receiver,omitempty"`
-	Replication     []ReplicationConn `json:"replication"`
+	ReplayTimestamp time.Time `json:"replay_timestamp,omitzero"`
+	// ReplayPaused: WAL replay is paused (pg_wal_replay_pause()).
+	ReplayPaused bool              `json:"replay_paused,omitempty"`
+	WalReceiver  *WalReceiver      `json:"wal_receiver,omitempty"`
+	Replication  []ReplicationConn `json:"replication"`
 	// ServerVersion is server_version_num, e.g. 150010;
 	// ServerVersionString the human form, e.g. "15.10 (Debian ...)".
 	ServerVersion       int       `json:"server_version"`
@@ -80,6 +82,7 @@ type ReplicationConn struct {
 	ReplayLSN       LSN           `json:"replay_lsn"`
 	ReplayLag       time.Duration `json:"replay_lag"`
 	SyncState       string        `json:"sync_state"`
+	SyncPriority    int32         `json:"sync_priority"`
 	// ReplyTime is when the standby sent its last reply, by the standby's
 	// clock (zero when none yet): compare values, not with this clock.
 	ReplyTime time.Time `json:"reply_time"`
@@ -292,11 +295,12 @@ func queryStatus(ctx context.Context, c *pgx.Conn) (Status, error) {
 		pg_last_wal_receive_lsn()::text,
 		pg_last_wal_replay_lsn()::text,
 		pg_last_xact_replay_timestamp(),
+		CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END,
 		current_setting('server_version_num'),
 		current_setting('server_version'),
 		pg_postmaster_start_time(),
 		ARRAY(SELECT name FROM pg_settings WHERE pending_restart ORDER BY name)`).Scan(
-		&st.InRecovery, &sysID, &ckptTLI, &walFile, &current, &receive, &replay, &replayTS,
+		&st.InRecovery, &sysID, &ckptTLI, &walFile, &current, &receive, &replay, &replayTS, &st.ReplayPaused,
 		&versionNum, &st.ServerVersionString, &st.StartTime, &st.PendingRestart)
 	if err != nil {
 		return st, fmt.Errorf("query server state: %w", err)
@@ -380,7 +384,7 @@ func queryReplication(ctx context.Context, c *pgx.Conn) ([]ReplicationConn, erro
 		COALESCE(sent_lsn, '0/0')::text, COALESCE(write_lsn, '0/0')::text,
 		COALESCE(flush_lsn, '0/0')::text, COALESCE(replay_lsn, '0/0')::text,
 		COALESCE(EXTRACT(EPOCH FROM replay_lag), 0)::float8, COALESCE(sync_state, ''),
-		COALESCE(EXTRACT(EPOCH FROM reply_time), 0)::float8
+		COALESCE(EXTRACT(EPOCH FROM reply_time), 0)::float8, COALESCE(sync_priority, 0)
 		FROM pg_stat_replication ORDER BY application_name, pid`)
 	if err != nil {
 		return nil, fmt.Errorf("query pg_stat_replication: %w", err)
@@ -395,7 +399,7 @@ func queryReplication(ctx context.Context, c *pgx.Conn) ([]ReplicationConn, erro
 			lag, reply                    float64
 		)
 		if err := rows.Scan(&pid, &r.User, &r.ApplicationName, &r.ClientAddr, &r.State,
-			&sent, &write, &flush, &replayLSN, &lag, &r.SyncState, &reply); err != nil {
+			&sent, &write, &flush, &replayLSN, &lag, &r.SyncState, &reply, &r.SyncPriority); err != nil {
 			return nil, fmt.Errorf("scan pg_stat_replication: %w", err)
 		}
 		r.PID = int(pid)
