@@ -95,6 +95,8 @@ type Options struct {
 	// replaces what is installed: a routing config with no servers would
 	// cut every client off.
 	AllowEmpty bool
+	// Metrics, when set, counts renders, reloads and failures.
+	Metrics *Metrics
 }
 
 // ErrEmptyMesh: the mesh read from Consul has no member with an address,
@@ -239,6 +241,7 @@ func (r *Renderer) execute(e *entryState, m *Mesh) ([]byte, error) {
 	data.Cluster = m.Cluster
 	out, err := Execute(e.tmpl, &data)
 	if err != nil {
+		r.opts.Metrics.failed(e.Template, stageTemplate)
 		return nil, fmt.Errorf("routing: template %s: %w", e.Template, err)
 	}
 	return out, nil
@@ -311,6 +314,7 @@ func (r *Renderer) checkNotEmpty(m *Mesh) error {
 	if r.opts.Client != nil {
 		prefix = r.opts.Client.ClusterPrefix()
 	}
+	r.opts.Metrics.empty()
 	what := "no member with an address"
 	if m.NoKV {
 		what = "no group readable in Consul's KV"
@@ -349,18 +353,26 @@ func (r *Renderer) install(ctx context.Context, e *entryState, out []byte) (bool
 	}
 	start := time.Now()
 	if refused, err := r.writeAtomic(ctx, e, out); err != nil {
+		stage := stageWrite
 		if refused {
 			e.failed = out
+			stage = stageValidate
 		}
+		r.opts.Metrics.failed(e.Template, stage)
 		return false, err
 	}
+	r.opts.Metrics.rendered(e.Template)
 	e.installed, e.haveInstalled, e.failed = out, true, nil
 	log := r.log.With(zap.String("template", e.Template), zap.String("destination", e.Destination))
 	if e.Reload != "" {
 		if res, err := r.runCommand(ctx, e.Reload, e.Destination); err != nil {
 			log.Error("installed, but the reload command failed", zap.String("command", e.Reload), zap.String("output", res), zap.Error(err))
+			r.opts.Metrics.failed(e.Template, stageReload)
 			return true, fmt.Errorf("routing: template %s: installed %s, but reload failed: %w: %s", e.Template, e.Destination, err, res)
 		}
+	}
+	if e.Reload != "" {
+		r.opts.Metrics.reloaded(e.Template)
 	}
 	log.Info("rendered", zap.Int("bytes", len(out)), zap.Bool("reloaded", e.Reload != ""), zap.Duration("took", time.Since(start)))
 	return true, nil

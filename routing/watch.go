@@ -43,6 +43,7 @@ func (r *Renderer) Run(ctx context.Context) error {
 		// the churn anyway. (250ms made a switchover's burst of writes -
 		// release, acquire, member keys - converge 0.2s later.)
 		cl.WatchPrefix(ctx, cl.ClusterPrefix(), consulkv.WatchOptions{MinInterval: 100 * time.Millisecond, OnError: func(err error) {
+			r.opts.Metrics.watchError()
 			r.log.Warn("watching the cluster's KV tree", zap.Error(err))
 		}}, func(index uint64, pairs consulkv.KVPairs) {
 			src.setView(cl.DecodeCluster(index, pairs))
@@ -91,6 +92,7 @@ func (r *Renderer) watchHealth(ctx context.Context, fn func([]*api.ServiceEntry)
 			if ctx.Err() != nil {
 				return
 			}
+			r.opts.Metrics.watchError()
 			r.log.Warn("watching the cluster's service health", zap.Error(err))
 			select {
 			case <-ctx.Done():

@@ -3,15 +3,20 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/internal/logging"
 	"github.com/pgmesh/pgmesh/routing"
 	"github.com/pgmesh/pgmesh/templates"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 )
@@ -97,6 +102,7 @@ func renderCommand() *cli.Command {
 			&cli.StringFlag{Name: "dbname", Usage: "libpq `DBNAME` (default postgres)", Category: "Template data"},
 			&cli.StringFlag{Name: "user", Usage: "libpq `USER` (default postgres)", Category: "Template data"},
 			&cli.StringSliceFlag{Name: "var", Usage: "template variable `KEY=VALUE` (.Vars.KEY), repeatable", Category: "Template data"},
+			&cli.StringFlag{Name: "metrics-listen", Usage: "serve Prometheus metrics (renders, reloads, failures) on `ADDRESS` (host:port) at /metrics", EnvVars: []string{"PGMESH_RENDER_METRICS_LISTEN"}},
 			&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (default info)"},
 			&cli.StringFlag{Name: "log-format", Usage: "json or console (default json)"},
 			&cli.BoolFlag{Name: "list", Usage: "list the shipped templates and exit"},
@@ -243,10 +249,20 @@ func runRender(c *cli.Context) error {
 		return usageErr("render: %v", err)
 	}
 	debounce, maxDelay := cfg.DebounceDurations()
+	var metrics *routing.Metrics
+	if addr := c.String("metrics-listen"); addr != "" && !c.Bool("once") {
+		reg := prometheus.NewRegistry()
+		metrics = routing.NewMetrics(reg)
+		srv, err := serveMetrics(addr, reg, log)
+		if err != nil {
+			return failErr("render: --metrics-listen %s: %v", addr, err)
+		}
+		defer srv.Close()
+	}
 	r, err := routing.New(routing.Options{
 		Client: kv, Cluster: cluster, LocalGroup: local, Entries: entries, Data: data,
 		Debounce: debounce, MaxDelay: maxDelay, Log: log, Stdout: c.App.Writer,
-		AllowEmpty: cfg.AllowEmpty || c.Bool("allow-empty"),
+		AllowEmpty: cfg.AllowEmpty || c.Bool("allow-empty"), Metrics: metrics,
 	})
 	if err != nil {
 		return usageErr("render: %s", strings.TrimPrefix(err.Error(), "routing: "))
@@ -265,6 +281,25 @@ func runRender(c *cli.Context) error {
 	}
 	log.Info("rendering", zap.String("cluster", cluster), zap.String("local_group", local), zap.Int("templates", len(entries)))
 	return r.Run(ctx)
+}
+
+// serveMetrics serves reg's metrics at http://addr/metrics in the
+// background; the listen error is returned at once.
+func serveMetrics(addr string, reg *prometheus.Registry, log *zap.Logger) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics endpoint stopped", zap.Error(err))
+		}
+	}()
+	log.Info("serving metrics", zap.String("addr", ln.Addr().String()))
+	return srv, nil
 }
 
 // flagData collects the template data given as flags.
