@@ -195,3 +195,12 @@ func (s *Server) metricsHandler() http.HandlerFunc {
 		h.ServeHTTP(w, r)
 	}
 }
+
+// PatroniMetricNames lists the Patroni gauge names GET /metrics serves.
+func PatroniMetricNames() []string {
+	out := make([]string, 0, len(patroniMetrics))
+	for _, m := range patroniMetrics {
+		out = append(out, m.name)
+	}
+	return out
+}
