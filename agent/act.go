@@ -36,6 +36,9 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		a.log.Warn("lease ran out between observation and action; not making PostgreSQL writable", zap.String("action", d.Action.String()))
 		return nil
 	}
+	if d.RestoreInitialize != "" && d.Action != ActDemote && d.Action != ActRefuse {
+		a.restoreInitialize(ctx, o, d.RestoreInitialize)
+	}
 	switch d.Action {
 	case ActNone, ActRefuse:
 		return nil
@@ -290,10 +293,54 @@ func (a *Agent) startReplica(ctx context.Context) error {
 	return a.start(ctx, false)
 }
 
+// restoreInitialize rewrites the group's initialize key with this leader's
+// system identifier (Decide said why: missing, unreadable or unfilled). The
+// write checks in the same transaction that our session holds the leader
+// key, and replaces only the value the observation saw.
+func (a *Agent) restoreInitialize(ctx context.Context, o Observation, why string) {
+	init := &consulkv.Initialize{Version: consulkv.ValueVersion, Member: a.cfg.Name, SystemID: o.Local.SystemID, At: time.Now().UTC()}
+	ok, err := a.kv.RestoreInitialize(ctx, a.cfg.Group, a.lock.Session(), init, o.Group.InitializeIndex)
+	switch {
+	case err != nil:
+		a.log.Warn("could not restore the initialize key", zap.String("reason", why), zap.Error(err))
+	case !ok:
+		a.log.Info("the initialize key changed before it could be restored; checking it again next loop", zap.String("reason", why))
+	default:
+		a.log.Warn("restored the initialize key with the leader's system id", zap.String("reason", why), zap.String("system_id", init.SystemID))
+	}
+}
+
+// initializedBy names why the group needs no bootstrap after all ("" when
+// it does): a leader, or a member with a data directory, appeared after the
+// observation that decided to bootstrap.
+func initializedBy(g *consulkv.GroupView, self string) string {
+	if g.Leader != nil {
+		return "the group has a leader (" + g.Leader.Member + ")"
+	}
+	for _, name := range g.MemberNames() {
+		if m := g.Members[name]; name != self && m.SystemID != "" {
+			return name + " has a data directory (system id " + m.SystemID + ")"
+		}
+	}
+	return ""
+}
+
 // bootstrap runs initdb, starts as primary, takes the lock and records the
 // system identifier in the initialize key.
 func (a *Agent) bootstrap(ctx context.Context) error {
 	inst := a.pgi()
+	// initdb takes seconds and the lock may be taken meanwhile: check once
+	// more right before, and give the claim back rather than create a data
+	// directory that can never lead (the clone follows next loop).
+	if g, err := a.kv.ReadGroup(ctx, a.cfg.Group); err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	} else if why := initializedBy(g, a.cfg.Name); why != "" {
+		if g.Initialize != nil && g.Initialize.Member == a.cfg.Name && g.Initialize.SystemID == "" {
+			a.kv.DeleteCAS(ctx, a.kv.InitializeKey(a.cfg.Group), g.InitializeIndex)
+		}
+		a.log.Warn("not bootstrapping: the group is initialized already; cloning instead", zap.String("reason", why))
+		return nil
+	}
 	a.setState(func(s *health.MemberState) { s.State = "bootstrapping" })
 	fail := func(err error) error {
 		// Give the race back so another member (or we, next loop) can retry

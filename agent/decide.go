@@ -132,6 +132,10 @@ type Decision struct {
 	Release bool
 	// ClearFailover: the leader deletes the failover key (done or stale).
 	ClearFailover bool
+	// RestoreInitialize, when not empty, says why the leader rewrites the
+	// group's initialize key with its data dir's system identifier (the key
+	// is missing, unreadable or was never filled), as Patroni's leader does.
+	RestoreInitialize string
 	// Reason is the one line the loop logs.
 	Reason string
 }
@@ -175,18 +179,28 @@ func Decide(o Observation) Decision {
 		return Decision{Action: ActRefuse, Reason: fmt.Sprintf("refusing to run: data dir system id %s differs from the group's %s (a foreign data directory)", local.SystemID, g.Initialize.SystemID)}
 	}
 
-	// Rule 2: no data dir yet.
+	// Rule 2: no data dir yet. The initialize key only settles a race
+	// between members that all start empty: a group that has a leader, or
+	// any member with data, is initialized whatever the key says (it may
+	// have been deleted or overwritten). Racing then bootstrapped a second,
+	// foreign data directory that could never take the lock, removed it and
+	// raced again, for ever.
 	if !local.HasDataDir {
+		withData := memberWithData(o)
 		switch {
+		case leader != nil && leader.Member != "" && leader.Member != o.Member && memberReachable(g, leader.Member):
+			return Decision{Action: ActClone, Target: leader.Member, Reason: "cloning from leader " + leader.Member}
+		case leader != nil:
+			return Decision{Action: ActNone, Reason: "no data dir: waiting for the leader to publish its address before cloning"}
+		case withData != "":
+			return Decision{Action: ActNone, Reason: fmt.Sprintf("no data dir and no leader, but %s has data (system id %s): waiting for a leader to clone from, not bootstrapping", withData, g.Members[withData].SystemID)}
+		case g.Initialize != nil && g.Initialize.Member == o.Member && g.Initialize.SystemID == "":
+			return Decision{Action: ActBootstrap, Reason: "won the initialize race earlier: bootstrapping"}
 		case g.Initialize == nil && g.InitializeIndex == 0:
 			if o.Paused {
 				return Decision{Action: ActNone, Reason: "paused: not bootstrapping"}
 			}
 			return Decision{Action: ActRaceInitialize, Reason: "group not initialized: racing to bootstrap"}
-		case g.Initialize != nil && g.Initialize.Member == o.Member && g.Initialize.SystemID == "" && leader == nil:
-			return Decision{Action: ActBootstrap, Reason: "won the initialize race earlier: bootstrapping"}
-		case leader != nil && leader.Member != "" && leader.Member != o.Member && memberReachable(g, leader.Member):
-			return Decision{Action: ActClone, Target: leader.Member, Reason: "cloning from leader " + leader.Member}
 		default:
 			return Decision{Action: ActNone, Reason: "no data dir: waiting for a leader to clone from"}
 		}
@@ -194,37 +208,83 @@ func Decide(o Observation) Decision {
 
 	// Rule 4: the lock is mine.
 	if iHoldLock {
-		if !o.LeaseValid {
-			return Decision{Action: ActDemote, Immediate: true, Reason: "demoting: lease expired"}
+		d := leaderDecision(o)
+		if d.Action != ActDemote {
+			d.RestoreInitialize = initializeProblem(o)
 		}
-		// A request that is done (we are its candidate) or stale (it names
-		// another leader) is removed by the leader.
-		// An unreadable request (garbage in the key) is stale by definition;
-		// left there it would block every new switchover.
-		clear := g.Failover != nil && (failoverForMe(o) || (g.Failover.Kind == consulkv.KindSwitchover && g.Failover.Leader != o.Member)) ||
-			g.Failover == nil && g.FailoverIndex != 0
-		if d, ok := leaderFailoverDecision(o); ok {
-			return d
-		}
-		switch {
-		case !local.Running:
-			if o.Paused {
-				return Decision{Action: ActNone, ClearFailover: clear, Reason: "paused: leader's PostgreSQL is down, not starting it"}
-			}
-			if local.DownAsLeaderFor > 0 && local.DownAsLeaderFor >= o.Config.StartTimeout() {
-				if heir := replicaToTakeOver(o); heir != "" {
-					return Decision{Action: ActDemote, Release: true, Reason: fmt.Sprintf("releasing the leader lock: PostgreSQL has not come up for %s (primary_start_timeout %s) and %s can take over",
-						local.DownAsLeaderFor.Round(time.Second), o.Config.StartTimeout(), heir)}
-				}
-			}
-			return Decision{Action: ActStartPrimary, ClearFailover: clear, Reason: "holding the leader lock with PostgreSQL down: starting it as primary"}
-		case local.InRecovery:
-			return Decision{Action: ActPromote, ClearFailover: clear, Reason: "holding the leader lock as a replica: promoting"}
-		default:
-			return Decision{Action: ActKeepLeader, ClearFailover: clear, Reason: "renewed the leader lock"}
+		return d
+	}
+	return othersDecision(o)
+}
+
+// memberWithData names a member (not this one) whose member key publishes
+// a data directory's system identifier ("" when there is none).
+func memberWithData(o Observation) string {
+	for _, name := range o.Group.MemberNames() {
+		if m := o.Group.Members[name]; name != o.Member && m.SystemID != "" {
+			return name
 		}
 	}
+	return ""
+}
 
+// initializeProblem says why the lock holder must rewrite the initialize
+// key ("" when it holds a system identifier). Rule 3 already refused a key
+// that names another system identifier; this one is missing, unreadable
+// (garbage) or still the bootstrap claim without one.
+func initializeProblem(o Observation) string {
+	g := o.Group
+	switch {
+	case o.Local.SystemID == "":
+		return "" // pg_controldata did not answer: nothing to restore it with
+	case g.Initialize == nil && g.InitializeIndex == 0:
+		return "the initialize key is missing"
+	case g.Initialize == nil:
+		return "the initialize key is unreadable"
+	case g.Initialize.SystemID == "":
+		return "the initialize key holds no system id"
+	}
+	return ""
+}
+
+// leaderDecision is rule 4: the lock is mine.
+func leaderDecision(o Observation) Decision {
+	g, local := o.Group, o.Local
+	if !o.LeaseValid {
+		return Decision{Action: ActDemote, Immediate: true, Reason: "demoting: lease expired"}
+	}
+	// A request that is done (we are its candidate) or stale (it names
+	// another leader) is removed by the leader.
+	// An unreadable request (garbage in the key) is stale by definition;
+	// left there it would block every new switchover.
+	clear := g.Failover != nil && (failoverForMe(o) || (g.Failover.Kind == consulkv.KindSwitchover && g.Failover.Leader != o.Member)) ||
+		g.Failover == nil && g.FailoverIndex != 0
+	if d, ok := leaderFailoverDecision(o); ok {
+		return d
+	}
+	switch {
+	case !local.Running:
+		if o.Paused {
+			return Decision{Action: ActNone, ClearFailover: clear, Reason: "paused: leader's PostgreSQL is down, not starting it"}
+		}
+		if local.DownAsLeaderFor > 0 && local.DownAsLeaderFor >= o.Config.StartTimeout() {
+			if heir := replicaToTakeOver(o); heir != "" {
+				return Decision{Action: ActDemote, Release: true, Reason: fmt.Sprintf("releasing the leader lock: PostgreSQL has not come up for %s (primary_start_timeout %s) and %s can take over",
+					local.DownAsLeaderFor.Round(time.Second), o.Config.StartTimeout(), heir)}
+			}
+		}
+		return Decision{Action: ActStartPrimary, ClearFailover: clear, Reason: "holding the leader lock with PostgreSQL down: starting it as primary"}
+	case local.InRecovery:
+		return Decision{Action: ActPromote, ClearFailover: clear, Reason: "holding the leader lock as a replica: promoting"}
+	default:
+		return Decision{Action: ActKeepLeader, ClearFailover: clear, Reason: "renewed the leader lock"}
+	}
+}
+
+// othersDecision covers rules 5 and 6: the lock is not mine.
+func othersDecision(o Observation) Decision {
+	g, local, leader := o.Group, o.Local, o.Group.Leader
+	runningPrimary := local.Running && !local.InRecovery
 	// Rule 5: someone else leads.
 	if leader != nil {
 		if leader.Member == "" {

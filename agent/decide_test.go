@@ -79,6 +79,9 @@ func TestDecide(t *testing.T) {
 		release   bool
 		clear     bool
 		reason    string
+		// restore: the RestoreInitialize reason must mention it ("" = the
+		// decision must not restore the initialize key).
+		restore string
 	}{
 		// Rule 1: store unreachable.
 		{name: "consul down, primary with valid lease keeps writing", o: obs(func(o *Observation) { asLeader(o); o.ConsulOK = false; o.Group = nil }), want: ActNone, reason: "lease still valid"},
@@ -105,11 +108,106 @@ func TestDecide(t *testing.T) {
 		}), want: ActBootstrap},
 		{name: "no data dir, leader exists: clone", o: obs(func(o *Observation) { o.Local = Local{} }), want: ActClone, target: "a"},
 		{name: "no data dir, no leader: wait", o: obs(func(o *Observation) { o.Local = Local{}; o.Group.Leader = nil }), want: ActNone, reason: "waiting"},
+		// Rule 2 with the initialize key gone (deleted by hand, lost with a
+		// Consul restore): a member that joins a group with a leader clones;
+		// racing made it initdb a foreign data dir, fail to take the lock,
+		// remove it and race again every few seconds.
+		{name: "initialize key missing while a leader runs: clone, never race", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+		}), want: ActClone, target: "a"},
+		{name: "unreadable initialize key while a leader runs: clone", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 7
+		}), want: ActClone, target: "a"},
+		{name: "initialize key missing, leader not published yet: wait, never race", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+			delete(o.Group.Members, "a")
+		}), want: ActNone, reason: "publish its address"},
+		{name: "initialize key missing, unreadable leader key: wait, never race", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+			o.Group.Leader = &consulkv.LeaderInfo{Session: "sess-x"}
+		}), want: ActNone},
+		{name: "initialize key missing, no leader but a member has data: wait, never race", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+			o.Group.Leader = nil
+			o.Group.Members["c"].SystemID = sysid
+		}), want: ActNone, reason: "c has data (system id " + sysid + ")"},
+		{name: "initialize claim of mine but a leader appeared: clone instead of bootstrapping", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group.Initialize = &consulkv.Initialize{Version: 1, Member: "b"}
+		}), want: ActClone, target: "a"},
+		{name: "initialize claim of mine, no leader, a member has data: wait", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group.Leader = nil
+			o.Group.Initialize = &consulkv.Initialize{Version: 1, Member: "b"}
+			o.Group.Members["a"].SystemID = sysid
+		}), want: ActNone, reason: "a has data"},
+		{name: "members without data do not stop a fresh group's race", o: obs(func(o *Observation) {
+			o.Local = Local{}
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+			o.Group.Leader = nil
+			o.Group.Status = nil
+			for _, m := range o.Group.Members {
+				m.State, m.Role, m.SystemID = "stopped", consulkv.RoleUnknown, ""
+			}
+		}), want: ActRaceInitialize},
 		// Rule 3: foreign data dir.
 		{name: "foreign system id: refuse", o: obs(func(o *Observation) { o.Local.SystemID = "42" }), want: ActRefuse, reason: "foreign"},
 		{name: "foreign system id running as primary: fence", o: obs(func(o *Observation) { o.Local.SystemID = "42"; o.Local.InRecovery = false }), want: ActDemote, immediate: true},
 		// Rule 4: lock is mine.
 		{name: "leader renews", o: obs(asLeader), want: ActKeepLeader},
+		// The leader restores a missing or unreadable initialize key with
+		// its own system id (Patroni's "cluster has leader key but not
+		// initialize key"); nobody else writes it.
+		{name: "leader restores a missing initialize key", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+		}), want: ActKeepLeader, restore: "missing"},
+		{name: "leader replaces an unreadable initialize key", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 42
+		}), want: ActKeepLeader, restore: "unreadable"},
+		{name: "leader fills an initialize key without a system id", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Initialize = &consulkv.Initialize{Version: 1, Member: "a"}
+		}), want: ActKeepLeader, restore: "no system id"},
+		{name: "leader whose postgres is down still restores the key", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Local.Running = false
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+		}), want: ActStartPrimary, restore: "missing"},
+		{name: "paused leader restores the key too", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Paused = true
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+		}), want: ActKeepLeader, restore: "missing"},
+		{name: "leader about to switch over restores the key", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", Candidate: "c", RequestedAt: t0}
+		}), want: ActSwitchover, target: "c", restore: "missing"},
+		{name: "leader without a known system id leaves the key alone", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Local.SystemID = ""
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+		}), want: ActKeepLeader},
+		{name: "leader with an expired lease demotes and restores nothing", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.LeaseValid = false
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+		}), want: ActDemote, immediate: true},
+		{name: "a replica never restores the initialize key", o: obs(func(o *Observation) {
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+		}), want: ActNone, reason: "following leader a"},
+		{name: "a primary without the lock never restores the initialize key", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Local.InRecovery = false
+			o.Group.Initialize, o.Group.InitializeIndex = nil, 0
+		}), want: ActAcquire},
 		{name: "leader with expired lease demotes without release", o: obs(func(o *Observation) { asLeader(o); o.LeaseValid = false }), want: ActDemote, immediate: true, release: false, reason: "lease expired"},
 		{name: "leader whose postgres is down starts it", o: obs(func(o *Observation) { asLeader(o); o.Local.Running = false }), want: ActStartPrimary},
 		{name: "leader whose postgres stays down past primary_start_timeout releases to a replica", o: obs(func(o *Observation) {
@@ -367,6 +465,12 @@ func TestDecide(t *testing.T) {
 			if d.Reason == "" {
 				t.Error("every decision must say why")
 			}
+			switch {
+			case tc.restore == "" && d.RestoreInitialize != "":
+				t.Errorf("restores the initialize key (%s), want no restore", d.RestoreInitialize)
+			case tc.restore != "" && !strings.Contains(d.RestoreInitialize, tc.restore):
+				t.Errorf("restore reason %q does not mention %q", d.RestoreInitialize, tc.restore)
+			}
 		})
 	}
 }
@@ -411,6 +515,72 @@ func TestDecideNeverWritableWithoutLockAndLease(t *testing.T) {
 		}
 	}
 	if n != 64 {
+		t.Fatalf("covered %d combinations", n)
+	}
+}
+
+// TestDecideNeverBootstrapsAnInitializedGroup checks rule 2 over every
+// combination of initialize key, leader key and members' data: an empty
+// member races or bootstraps only when no leader exists and no other member
+// has a data directory, whatever the initialize key says.
+func TestDecideNeverBootstrapsAnInitializedGroup(t *testing.T) {
+	inits := map[string]func(*consulkv.GroupView){
+		"missing":    func(g *consulkv.GroupView) { g.Initialize, g.InitializeIndex = nil, 0 },
+		"unreadable": func(g *consulkv.GroupView) { g.Initialize, g.InitializeIndex = nil, 9 },
+		"my claim": func(g *consulkv.GroupView) {
+			g.Initialize, g.InitializeIndex = &consulkv.Initialize{Version: 1, Member: "b"}, 9
+		},
+		"other claim": func(g *consulkv.GroupView) {
+			g.Initialize, g.InitializeIndex = &consulkv.Initialize{Version: 1, Member: "c"}, 9
+		},
+		"filled": func(g *consulkv.GroupView) {
+			g.Initialize, g.InitializeIndex = &consulkv.Initialize{Version: 1, Member: "a", SystemID: sysid}, 9
+		},
+	}
+	leaders := map[string]*consulkv.LeaderInfo{
+		"none": nil, "a": {Member: "a", Session: "sess-a"}, "unreadable": {Session: "sess-x"}, "stale of mine": {Member: "b", Session: "old"},
+	}
+	n := 0
+	for iname, setInit := range inits {
+		for lname, leader := range leaders {
+			for _, published := range []bool{false, true} {
+				for _, withData := range []bool{false, true} {
+					for _, paused := range []bool{false, true} {
+						o := obs(func(o *Observation) {
+							o.Local = Local{}
+							o.Paused = paused
+							setInit(o.Group)
+							o.Group.Leader = leader
+							if !published {
+								delete(o.Group.Members, "a")
+							}
+							for _, m := range o.Group.Members {
+								if withData {
+									m.SystemID = sysid
+								} else {
+									m.SystemID = ""
+								}
+							}
+						})
+						d := Decide(o)
+						n++
+						// "c" (always there) has data when withData; "b" is
+						// this member and never counts.
+						if (d.Action == ActRaceInitialize || d.Action == ActBootstrap) && (leader != nil || withData) {
+							t.Errorf("initialize %s, leader %s, published %v, data %v, paused %v: %s", iname, lname, published, withData, paused, d)
+						}
+						if d.Action == ActClone && (leader == nil || leader.Member != "a" || !published) {
+							t.Errorf("clones without a reachable leader: %s", d)
+						}
+						if d.Action != ActNone && d.Action != ActClone && d.Action != ActRaceInitialize && d.Action != ActBootstrap {
+							t.Errorf("an empty member decided %s", d)
+						}
+					}
+				}
+			}
+		}
+	}
+	if n != 5*4*2*2*2 {
 		t.Fatalf("covered %d combinations", n)
 	}
 }

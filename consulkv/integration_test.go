@@ -376,3 +376,54 @@ func TestWatchPrefixMinInterval(t *testing.T) {
 		t.Errorf("a change after a quiet period was delivered after %s, want at once", took)
 	}
 }
+
+// TestRestoreInitialize: only the leader key's holder may rewrite the
+// initialize key; absent it is created (CAS 0), unreadable it is replaced
+// at the index it was seen at, and a key that changed meanwhile is left.
+func TestRestoreInitialize(t *testing.T) {
+	c := testbed.StartConsul(t, testbed.ConsulOptions{})
+	cl := newClient(t, c)
+	ctx := context.Background()
+	opts := consulkv.LockOptions{TTL: 10 * time.Second}
+	leader := cl.NewLock("g1", "a", opts)
+	follower := cl.NewLock("g1", "b", opts)
+	for _, l := range []*consulkv.Lock{leader, follower} {
+		if _, err := l.EnsureSession(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ok, _ := leader.Acquire(ctx); !ok {
+		t.Fatal("leader did not acquire")
+	}
+	init := &consulkv.Initialize{Version: consulkv.ValueVersion, Member: "a", SystemID: "7300000000000000001", At: time.Now().UTC()}
+	if _, err := cl.RestoreInitialize(ctx, "g1", follower.Session(), init, 0); !errors.Is(err, consulkv.ErrNotHolder) {
+		t.Fatalf("non-holder restore: want ErrNotHolder, got %v", err)
+	}
+	if g, _ := cl.ReadGroup(ctx, "g1"); g.InitializeIndex != 0 {
+		t.Fatalf("a refused restore wrote the key: %+v", g.Initialize)
+	}
+	if ok, err := cl.RestoreInitialize(ctx, "g1", leader.Session(), init, 0); err != nil || !ok {
+		t.Fatalf("restore of an absent key: ok=%v err=%v", ok, err)
+	}
+	// CAS 0 on a key that exists: left alone, no error.
+	if ok, err := cl.RestoreInitialize(ctx, "g1", leader.Session(), init, 0); err != nil || ok {
+		t.Fatalf("restore over an existing key with index 0: ok=%v err=%v", ok, err)
+	}
+	if _, err := c.Client().KV().Put(&api.KVPair{Key: cl.InitializeKey("g1"), Value: []byte("garbage{")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	g, err := cl.ReadGroup(ctx, "g1")
+	if err != nil || g.Initialize != nil || g.InitializeIndex == 0 {
+		t.Fatalf("garbage initialize key: %+v index %d err %v", g.Initialize, g.InitializeIndex, err)
+	}
+	if ok, err := cl.RestoreInitialize(ctx, "g1", leader.Session(), init, g.InitializeIndex-1); err != nil || ok {
+		t.Fatalf("restore at a stale index: ok=%v err=%v", ok, err)
+	}
+	if ok, err := cl.RestoreInitialize(ctx, "g1", leader.Session(), init, g.InitializeIndex); err != nil || !ok {
+		t.Fatalf("restore over garbage: ok=%v err=%v", ok, err)
+	}
+	g, _ = cl.ReadGroup(ctx, "g1")
+	if g.Initialize == nil || g.Initialize.SystemID != init.SystemID {
+		t.Fatalf("restored key: %+v", g.Initialize)
+	}
+}

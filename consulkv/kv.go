@@ -96,6 +96,37 @@ func (c *Client) RaceInitialize(ctx context.Context, group, member string) (bool
 	return c.CAS(ctx, c.InitializeKey(group), &Initialize{Version: ValueVersion, Member: member, At: time.Now().UTC()}, 0)
 }
 
+// RestoreInitialize rewrites the group's initialize key with the leader's
+// system identifier, in one transaction that checks session still holds
+// the leader key: index 0 creates the key only if it is absent, any other
+// index replaces only the value seen at that ModifyIndex (an unreadable or
+// unfilled one). It returns false when the key changed meanwhile; an error
+// wrapping ErrNotHolder when session no longer holds the leader key.
+func (c *Client) RestoreInitialize(ctx context.Context, group, session string, v *Initialize, index uint64) (bool, error) {
+	val, err := Encode(v)
+	if err != nil {
+		return false, err
+	}
+	key := c.InitializeKey(group)
+	ops := api.TxnOps{
+		{KV: &api.KVTxnOp{Verb: api.KVCheckSession, Key: c.LeaderKey(group), Session: session}},
+		{KV: &api.KVTxnOp{Verb: api.KVCAS, Key: key, Value: val, Index: index}},
+	}
+	ok, resp, err := c.txn(ctx, ops)
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		return true, nil
+	}
+	for _, e := range resp.Errors {
+		if e.OpIndex == 0 {
+			return false, fmt.Errorf("consulkv: restore %s: %w", key, ErrNotHolder)
+		}
+	}
+	return false, nil
+}
+
 // PutMember writes the member's status under its session, so the key
 // vanishes when the session dies.
 func (c *Client) PutMember(ctx context.Context, group, session string, m *MemberStatus) error {
