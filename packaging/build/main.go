@@ -324,11 +324,13 @@ func git(root string, args ...string) (string, error) {
 }
 
 // gitVersion is the version of the checkout at root: git describe, mapped by
-// stampVersion onto the unstamped version.Version ("0.1.0-dev").
+// stampVersion onto the unstamped version.Version ("0.1.0-dev"). Without git
+// (a source tarball) it is version.Version as it is, with a warning.
 func gitVersion(root string) (string, error) {
 	d, err := git(root, "describe", "--tags", "--always", "--dirty", "--match", "v[0-9]*")
 	if err != nil {
-		return "", fmt.Errorf("no version given (-version, PGMESH_VERSION) and %v", err)
+		fmt.Fprintf(os.Stderr, "packaging/build: warning: no version given (-version, PGMESH_VERSION) and %v; using %s\n", err, version.Version)
+		return version.Version, nil
 	}
 	return stampVersion(d, version.Version)
 }
