@@ -17,6 +17,9 @@ func boolp(b bool) *bool { return &b }
 // act carries out a decision.
 func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 	inst := a.pgi()
+	// PostgreSQL found running by a fresh agent, or a start that was still
+	// in progress last round: report on_start (callbacks.go).
+	a.cb.seen(o.Local.Running, localRole(o.Local))
 	// A decision is only as good as its observation. If the agent was
 	// frozen (SIGSTOP, swap, a stuck call) between observing and acting,
 	// the observation may say "lock held, lease valid" long after both are
@@ -162,6 +165,12 @@ func makesWritable(act Action) bool {
 // start is a standby's, and the watchdog is disarmed first so a watchdog
 // that tripped while this member led does not abort it.
 func (a *Agent) start(ctx context.Context, asLeader bool) error {
+	return a.startPG(ctx, asLeader, false)
+}
+
+// startPG is start; restart says the caller stopped PostgreSQL just before
+// (on_restart rather than on_start, when the role stays).
+func (a *Agent) startPG(ctx context.Context, asLeader, restart bool) error {
 	if !asLeader {
 		a.fw.disarm()
 	}
@@ -176,7 +185,11 @@ func (a *Agent) start(ctx context.Context, asLeader bool) error {
 		a.log.Warn("not starting PostgreSQL: the lease ran out just before the start (was the agent paused?)")
 		return errLeaseGone
 	}
+	wasRunning, _ := a.pgi().IsRunning()
 	err := a.pgi().Start(ctx)
+	if !wasRunning { // a start that started nothing reports nothing
+		a.reportStart(err, restart)
+	}
 	if errors.Is(err, pg.ErrStartTimeout) {
 		a.log.Warn("postgres still starting; will check again next loop")
 		return nil
@@ -287,10 +300,10 @@ func (a *Agent) stepDown(ctx context.Context, o Observation, cause error) error 
 // — which the loop does after this action. Waiting here for consistency
 // deadlocked until pg_ctl gave up. A still-starting standby is checked again
 // next loop.
-func (a *Agent) startReplica(ctx context.Context) error {
+func (a *Agent) startReplica(ctx context.Context, restart bool) error {
 	ctx, cancel := context.WithTimeout(ctx, a.dyn.LoopWait.D()+2*time.Second)
 	defer cancel()
-	return a.start(ctx, false)
+	return a.startPG(ctx, false, restart)
 }
 
 // restoreInitialize rewrites the group's initialize key with this leader's
@@ -395,6 +408,7 @@ func (a *Agent) bootstrap(ctx context.Context) error {
 		return err
 	}
 	a.log.Info("bootstrapped the group", zap.Uint64("system_id", cd.SystemID))
+	a.cb.started(consulkv.RolePrimary) // Patroni's post_bootstrap: on_start
 	return a.leaderHousekeeping(ctx, g)
 }
 
@@ -433,15 +447,18 @@ func (a *Agent) follow(ctx context.Context, g *consulkv.GroupView, leader string
 	running, _ := inst.IsRunning()
 	switch {
 	case !running:
-		return a.startReplica(ctx)
+		return a.startReplica(ctx, false)
 	case restart:
 		a.log.Info("restarting to follow the new leader", zap.String("leader", leader))
 		if err := inst.Stop(ctx, pg.StopFast); err != nil {
 			return err
 		}
-		return a.startReplica(ctx)
+		return a.startReplica(ctx, true)
 	case changed:
-		return inst.Reload(ctx)
+		if err := inst.Reload(ctx); err != nil {
+			return err
+		}
+		a.cb.reloaded(consulkv.RoleReplica)
 	}
 	return nil
 }
@@ -484,6 +501,7 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 	if err := a.asLeader(ctx, "promote", inst.Promote); err != nil {
 		return fmt.Errorf("promote: %w", err)
 	}
+	a.cb.promoted()
 	a.following = ""
 	if changed, _, err := inst.WriteConfig(pg.Primary, nil); err != nil {
 		return err
@@ -646,6 +664,7 @@ func (a *Agent) demote(ctx context.Context, immediate, release bool, reason stri
 	if !immediate {
 		a.terminateLogicalWalsenders(stopCtx)
 	}
+	wasRunning, _ := inst.IsRunning()
 	if err := inst.Stop(stopCtx, mode); err != nil {
 		a.log.Error("stop during demote failed; killing the postmaster", zap.Error(err))
 		if kerr := inst.Kill(); kerr != nil {
@@ -653,6 +672,9 @@ func (a *Agent) demote(ctx context.Context, immediate, release bool, reason stri
 		}
 	}
 	a.fw.disarm()
+	if wasRunning {
+		a.cb.stopped("") // the start below reports on_role_change replica
+	}
 	if release {
 		if err := a.lock.Release(ctx); err != nil {
 			a.log.Warn("could not release the leader lock", zap.Error(err))
@@ -688,6 +710,7 @@ func (a *Agent) switchover(ctx context.Context, o Observation, candidate string)
 		return fmt.Errorf("switchover: stop: %w", err)
 	}
 	a.fw.disarm()
+	a.cb.stopped(consulkv.RolePrimary)
 	cd, err := inst.ControlData(ctx)
 	if err != nil {
 		return fmt.Errorf("switchover: controldata: %w", err)
@@ -827,6 +850,7 @@ func (a *Agent) rewind(ctx context.Context, g *consulkv.GroupView, leader string
 		if err := inst.Stop(ctx, pg.StopFast); err != nil {
 			return fmt.Errorf("rewind: stop: %w", err)
 		}
+		a.cb.stopped("")
 	}
 	a.log.Info("rewinding from the leader", zap.String("leader", leader))
 	if err := inst.Rewind(ctx, a.superuserConn(lm)); err != nil {
@@ -857,10 +881,14 @@ func (a *Agent) shutdown() {
 	if st.IsLeader && st.PGRunning {
 		inst.CheckpointIfPrimary(ctx)
 	}
+	wasRunning, _ := inst.IsRunning()
 	if err := inst.Stop(ctx, pg.StopFast); err != nil {
 		a.log.Error("stopping PostgreSQL failed", zap.Error(err))
 	}
 	a.fw.disarm()
+	if wasRunning {
+		a.cb.stopped("")
+	}
 	if st.IsLeader {
 		if cd, err := inst.ControlData(ctx); err == nil && a.lastGroup != nil {
 			best := ""
@@ -897,5 +925,13 @@ func (a *Agent) shutdown() {
 		a.log.Warn("could not destroy the session", zap.Error(err))
 	}
 	inst.Close()
+	// Last, so that waiting for the on_stop callback never delays the
+	// handover: give it a little time, then kill what still runs.
+	a.cb.close(callbacksShutdownWait)
 	a.log.Info("stopped")
 }
+
+// callbacksShutdownWait is how long a stopping agent waits for callbacks
+// still running (its on_stop) before it kills them (at most
+// postgresql.callbacks_timeout).
+const callbacksShutdownWait = 10 * time.Second

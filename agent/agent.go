@@ -124,6 +124,8 @@ type Agent struct {
 	leaderStarting atomic.Bool
 	// memberWrite and statusWrite skip rewriting unchanged keys.
 	memberWrite, statusWrite changeGate
+	// cb runs postgresql.callbacks (callbacks.go).
+	cb *callbacks
 
 	stateMu sync.Mutex
 	state   health.MemberState
@@ -161,6 +163,9 @@ func New(cfg *Config, log *zap.Logger) (*Agent, error) {
 	a.reg = newRegistrar(a)
 	if err := a.rebuildPG(); err != nil {
 		return nil, err
+	}
+	if a.cb, err = newCallbacks(cfg.PostgreSQL.Callbacks, cfg.PostgreSQL.CallbacksTimeout.D(), cfg.Group, callbackEnv(cfg, a.apiURL()), log.Named("callbacks")); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	a.state = health.MemberState{
 		Cluster: cfg.Cluster, Group: cfg.Group, Name: cfg.Name, Role: consulkv.RoleUnknown, State: "starting",
@@ -593,6 +598,7 @@ func (a *Agent) fence(reason string) {
 	inst := a.pgi()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	running, _ := inst.IsRunning()
 	if err := inst.Stop(ctx, pg.StopImmediate); err != nil {
 		a.log.Error("fencing stop failed; killing the postmaster", zap.Error(err))
 		if err := inst.Kill(); err != nil {
@@ -600,6 +606,9 @@ func (a *Agent) fence(reason string) {
 		}
 	}
 	a.fw.disarm()
+	if running {
+		a.cb.stopped(consulkv.RolePrimary)
+	}
 }
 
 // State implements health.Controller.

@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/health"
@@ -120,6 +123,67 @@ type PostgreSQLConfig struct {
 	// OSUser: when the agent runs as root, PostgreSQL programs run as this
 	// user (PostgreSQL refuses root).
 	OSUser string `yaml:"os_user"`
+	// Callbacks are commands run after PostgreSQL starts, stops, restarts,
+	// reloads or changes role, as Patroni's postgresql.callbacks (see
+	// callbacks.go). CallbacksTimeout bounds each run (default 60s).
+	Callbacks        CallbacksConfig   `yaml:"callbacks"`
+	CallbacksTimeout consulkv.Duration `yaml:"callbacks_timeout"`
+}
+
+// CallbacksConfig names the command run for each event: an absolute path
+// to an executable, optionally followed by arguments (split like a shell
+// would, quotes allowed, no expansion). The agent appends three
+// arguments, as Patroni does: the action, the role and the scope (the
+// group's name).
+type CallbacksConfig struct {
+	OnStart      string `yaml:"on_start"`
+	OnStop       string `yaml:"on_stop"`
+	OnRestart    string `yaml:"on_restart"`
+	OnReload     string `yaml:"on_reload"`
+	OnRoleChange string `yaml:"on_role_change"`
+}
+
+// DefaultCallbacksTimeout bounds a callback run when
+// postgresql.callbacks_timeout is not set.
+const DefaultCallbacksTimeout = 60 * time.Second
+
+// byAction lists the configured commands by action name.
+func (c CallbacksConfig) byAction() map[string]string {
+	return map[string]string{
+		CallbackOnStart: c.OnStart, CallbackOnStop: c.OnStop, CallbackOnRestart: c.OnRestart,
+		CallbackOnReload: c.OnReload, CallbackOnRoleChange: c.OnRoleChange,
+	}
+}
+
+// validate checks every configured command at load time: an absolute path
+// to an executable regular file. Errors name the field.
+func (c CallbacksConfig) validate() error {
+	for _, action := range callbackActions {
+		cmd := c.byAction()[action]
+		if strings.TrimSpace(cmd) == "" {
+			continue
+		}
+		field := "postgresql.callbacks." + action
+		argv, err := splitCommand(cmd)
+		if err != nil {
+			return fmt.Errorf("config: %s: %w", field, err)
+		}
+		path := argv[0]
+		if !filepath.IsAbs(path) {
+			return fmt.Errorf("config: %s: %q is not an absolute path", field, path)
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			return fmt.Errorf("config: %s: %w", field, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("config: %s: %s is not a regular file", field, path)
+		}
+		if fi.Mode().Perm()&0o111 == 0 || syscall.Access(path, 1 /* X_OK */) != nil {
+			return fmt.Errorf("config: %s: %s is not executable (by this user)", field, path)
+		}
+	}
+	return nil
 }
 
 // TagsConfig are the member's HA tags.
@@ -333,6 +397,9 @@ func (c *Config) applyDefaults() {
 	if c.Log.Format == "" {
 		c.Log.Format = "json"
 	}
+	if c.PostgreSQL.CallbacksTimeout == 0 {
+		c.PostgreSQL.CallbacksTimeout = consulkv.Duration(DefaultCallbacksTimeout)
+	}
 }
 
 // Validate checks the configuration; errors name the field.
@@ -374,6 +441,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := parseAllowlist(c.RestAPI.Allowlist); err != nil {
 		return fmt.Errorf("config: restapi.allowlist: %w", err)
+	}
+	if c.PostgreSQL.CallbacksTimeout < 0 {
+		return fmt.Errorf("config: postgresql.callbacks_timeout %s must not be negative", c.PostgreSQL.CallbacksTimeout)
+	}
+	if err := c.PostgreSQL.Callbacks.validate(); err != nil {
+		return err
 	}
 	if c.Tags.FailoverPriority < 0 {
 		return fmt.Errorf("config: tags.failover_priority %d must not be negative", c.Tags.FailoverPriority)

@@ -152,3 +152,45 @@ func TestRestAPISecrets(t *testing.T) {
 		}
 	}
 }
+
+func TestCallbacksConfig(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "cb.sh")
+	os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755)
+	plain := filepath.Join(dir, "plain.sh")
+	os.WriteFile(plain, []byte("#!/bin/sh\n"), 0o644)
+
+	cfg, err := ParseConfig([]byte(minimalYAML), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PostgreSQL.CallbacksTimeout.D() != DefaultCallbacksTimeout {
+		t.Fatalf("default callbacks_timeout %s", cfg.PostgreSQL.CallbacksTimeout)
+	}
+	cfg, err = ParseConfig([]byte(minimalYAML+"  callbacks:\n    on_role_change: "+exe+" --vip 10.0.0.5\n    on_start: "+exe+"\n  callbacks_timeout: 15s\n"),
+		[]string{"PGMESH_POSTGRESQL_CALLBACKS_ON_STOP=" + exe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb := cfg.PostgreSQL.Callbacks
+	if cb.OnRoleChange != exe+" --vip 10.0.0.5" || cb.OnStart != exe || cb.OnStop != exe || cb.OnReload != "" || cfg.PostgreSQL.CallbacksTimeout.D() != 15*time.Second {
+		t.Fatalf("callbacks %+v timeout %s", cb, cfg.PostgreSQL.CallbacksTimeout)
+	}
+
+	for _, tc := range []struct{ yaml, want string }{
+		{"  callbacks: {on_role_change: cb.sh}\n", `postgresql.callbacks.on_role_change: "cb.sh" is not an absolute path`},
+		{"  callbacks: {on_start: " + filepath.Join(dir, "missing.sh") + "}\n", "postgresql.callbacks.on_start: stat"},
+		{"  callbacks: {on_stop: " + plain + "}\n", "postgresql.callbacks.on_stop: " + plain + " is not executable"},
+		{"  callbacks: {on_reload: " + dir + "}\n", "postgresql.callbacks.on_reload: " + dir + " is not a regular file"},
+		{"  callbacks: {on_restart: \"" + exe + " 'open\"}\n", "postgresql.callbacks.on_restart: unterminated single quote"},
+		{"  callbacks_timeout: -1s\n", "postgresql.callbacks_timeout"},
+		{"  callbacks: {on_promote: " + exe + "}\n", "on_promote"},
+	} {
+		if _, err := ParseConfig([]byte(minimalYAML+tc.yaml), nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error with %q", tc.yaml, err, tc.want)
+		}
+	}
+	if _, err := ParseConfig([]byte(minimalYAML), []string{"PGMESH_POSTGRESQL_CALLBACKS_ON_ROLE_CHANGE=relative/cb"}); err == nil || !strings.Contains(err.Error(), "postgresql.callbacks.on_role_change") {
+		t.Errorf("from the environment: %v", err)
+	}
+}

@@ -122,12 +122,18 @@ func (a *Agent) runManual(ctx context.Context, req manualRequest) error {
 		if err := inst.Stop(ctx, pg.StopFast); err != nil {
 			return err
 		}
-		return inst.Start(ctx)
+		err := inst.Start(ctx)
+		a.reportStart(err, true) // on_restart (callbacks.go)
+		return err
 	case "reload":
 		if _, _, err := inst.WriteConfig(a.currentRole(), a.currentFollow()); err != nil {
 			return err
 		}
-		return inst.Reload(ctx)
+		if err := inst.Reload(ctx); err != nil {
+			return err
+		}
+		a.cb.reloaded(a.diskRole())
+		return nil
 	case "reinit":
 		if a.State().IsLeader {
 			return errors.New("I am the leader, can not reinitialize")
