@@ -50,32 +50,39 @@ func ValidVerifyClient(v string) bool {
 // client notices.
 const reloadCheckEvery = time.Second
 
-// CertFiles serves a certificate and key from files and picks up rotated
-// files without a restart: every handshake may look at the files' size and
-// modification time (at most once a second) and reload them when either
-// changed. A rotation that does not parse keeps the previous certificate
-// and is logged, so a half-copied file never takes the API down.
-type CertFiles struct {
-	certFile, keyFile string
-	log               *zap.Logger
-	now               func() time.Time
+// watched is a value loaded from files and reloaded when they change: at
+// most once a second, Get looks at the files' size and modification time
+// and, when either changed, loads them again. A change that does not load
+// keeps the previous value and is logged once, so a half-copied file never
+// takes the API down.
+type watched[T any] struct {
+	paths []string
+	what  string
+	load  func() (T, error)
+	log   *zap.Logger
+	now   func() time.Time
 
 	mu        sync.Mutex
-	cert      *tls.Certificate
+	value     T
 	stamp     string
 	checkedAt time.Time
 }
 
-// NewCertFiles loads the pair once; an error names the file that failed.
-func NewCertFiles(certFile, keyFile string, log *zap.Logger) (*CertFiles, error) {
+func newWatched[T any](what string, paths []string, load func() (T, error), log *zap.Logger) (*watched[T], error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	c := &CertFiles{certFile: certFile, keyFile: keyFile, log: log, now: time.Now}
-	if err := c.load(); err != nil {
+	w := &watched[T]{paths: paths, what: what, load: load, log: log, now: time.Now}
+	stamp, err := fileStamp(paths...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	v, err := load()
+	if err != nil {
 		return nil, err
 	}
-	return c, nil
+	w.value, w.stamp, w.checkedAt = v, stamp, w.now()
+	return w, nil
 }
 
 func fileStamp(paths ...string) (string, error) {
@@ -90,118 +97,77 @@ func fileStamp(paths ...string) (string, error) {
 	return s, nil
 }
 
-func (c *CertFiles) load() error {
-	stamp, err := fileStamp(c.certFile, c.keyFile)
-	if err != nil {
-		return fmt.Errorf("certificate: %w", err)
+// Get returns the value, reloading it first when the files changed.
+func (w *watched[T]) Get() T {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.now().Sub(w.checkedAt) < reloadCheckEvery {
+		return w.value
 	}
-	pair, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
-	if err != nil {
-		return fmt.Errorf("certificate %s / key %s: %w", c.certFile, c.keyFile, err)
+	w.checkedAt = w.now()
+	stamp, err := fileStamp(w.paths...)
+	if err != nil || stamp == w.stamp {
+		return w.value
 	}
-	c.mu.Lock()
-	c.cert, c.stamp, c.checkedAt = &pair, stamp, c.now()
-	c.mu.Unlock()
-	return nil
+	// Whatever happens, this version of the files has been tried: a broken
+	// one is not retried on every handshake.
+	w.stamp = stamp
+	v, err := w.load()
+	if err != nil {
+		w.log.Warn("rotated "+w.what+" not loaded, keeping the previous one", zap.Error(err))
+		return w.value
+	}
+	w.value = v
+	w.log.Info(w.what+" reloaded", zap.Strings("files", w.paths))
+	return w.value
+}
+
+// CertFiles serves a certificate and key from files and picks up rotated
+// files without a restart (see watched).
+type CertFiles struct{ w *watched[*tls.Certificate] }
+
+// NewCertFiles loads the pair once; an error names the file that failed.
+func NewCertFiles(certFile, keyFile string, log *zap.Logger) (*CertFiles, error) {
+	w, err := newWatched("certificate", []string{certFile, keyFile}, func() (*tls.Certificate, error) {
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %s / key %s: %w", certFile, keyFile, err)
+		}
+		return &pair, nil
+	}, log)
+	if err != nil {
+		return nil, err
+	}
+	return &CertFiles{w}, nil
 }
 
 // Current returns the certificate, reloading it first when the files changed.
-func (c *CertFiles) Current() *tls.Certificate {
-	c.mu.Lock()
-	due := c.now().Sub(c.checkedAt) >= reloadCheckEvery
-	if due {
-		c.checkedAt = c.now()
-	}
-	cur, old := c.cert, c.stamp
-	c.mu.Unlock()
-	if !due {
-		return cur
-	}
-	stamp, err := fileStamp(c.certFile, c.keyFile)
-	if err != nil || stamp == old {
-		return cur
-	}
-	if err := c.load(); err != nil {
-		c.log.Warn("rotated certificate not loaded, keeping the previous one", zap.Error(err))
-		c.mu.Lock()
-		// Do not retry this same broken pair on every handshake.
-		c.stamp = stamp
-		c.mu.Unlock()
-		return cur
-	}
-	c.log.Info("certificate reloaded", zap.String("cert_file", c.certFile))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.cert
-}
+func (c *CertFiles) Current() *tls.Certificate { return c.w.Get() }
 
 // CAFile is a CA bundle reloaded like CertFiles.
-type CAFile struct {
-	path string
-	log  *zap.Logger
-	now  func() time.Time
-
-	mu        sync.Mutex
-	pool      *x509.CertPool
-	stamp     string
-	checkedAt time.Time
-}
+type CAFile struct{ w *watched[*x509.CertPool] }
 
 // NewCAFile loads a PEM bundle; it fails when the file holds no certificate.
 func NewCAFile(path string, log *zap.Logger) (*CAFile, error) {
-	if log == nil {
-		log = zap.NewNop()
-	}
-	c := &CAFile{path: path, log: log, now: time.Now}
-	if err := c.load(); err != nil {
+	w, err := newWatched("CA file", []string{path}, func() (*x509.CertPool, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("CA file %s holds no PEM certificate", path)
+		}
+		return pool, nil
+	}, log)
+	if err != nil {
 		return nil, err
 	}
-	return c, nil
-}
-
-func (c *CAFile) load() error {
-	stamp, err := fileStamp(c.path)
-	if err != nil {
-		return fmt.Errorf("CA file: %w", err)
-	}
-	b, err := os.ReadFile(c.path)
-	if err != nil {
-		return fmt.Errorf("CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return fmt.Errorf("CA file %s holds no PEM certificate", c.path)
-	}
-	c.mu.Lock()
-	c.pool, c.stamp, c.checkedAt = pool, stamp, c.now()
-	c.mu.Unlock()
-	return nil
+	return &CAFile{w}, nil
 }
 
 // Pool returns the CA pool, reloading the file first when it changed.
-func (c *CAFile) Pool() *x509.CertPool {
-	c.mu.Lock()
-	due := c.now().Sub(c.checkedAt) >= reloadCheckEvery
-	if due {
-		c.checkedAt = c.now()
-	}
-	cur, old := c.pool, c.stamp
-	c.mu.Unlock()
-	if !due {
-		return cur
-	}
-	if stamp, err := fileStamp(c.path); err != nil || stamp == old {
-		return cur
-	}
-	if err := c.load(); err != nil {
-		c.log.Warn("rotated CA file not loaded, keeping the previous one", zap.Error(err))
-		return cur
-	}
-	c.log.Info("CA file reloaded", zap.String("ca_file", c.path))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.pool
-}
+func (c *CAFile) Pool() *x509.CertPool { return c.w.Get() }
 
 // ServerTLSConfig is the REST API's TLS configuration: certificates and the
 // client CA come from the files on every handshake, so rotation needs no
