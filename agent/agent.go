@@ -433,6 +433,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.ListensBeyondLoopback() && !a.cfg.RestAPI.TLSEnabled() && a.cfg.RestAPI.Username != "" {
 		a.log.Warn("REST API: credentials travel in clear text over HTTP; set restapi.certfile and restapi.keyfile to serve HTTPS")
 	}
+	a.logFailureDetection(ctx)
 	fw, err := startFenceWatchdog(a.log, a.pgi)
 	if err != nil {
 		return err

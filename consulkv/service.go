@@ -158,3 +158,51 @@ func (c *Client) DeregisterMember(ctx context.Context, group, member string) err
 	}
 	return nil
 }
+
+// LocalAgent describes the Consul agent this client talks to.
+type LocalAgent struct {
+	NodeName string
+	// Server: the agent is a Consul server, not a client agent.
+	Server bool
+	// Addr is the agent's gossip (LAN) address.
+	Addr string
+}
+
+// Self asks the Consul agent about itself (/v1/agent/self; needs agent:read
+// on its node when ACLs are on).
+func (c *Client) Self(ctx context.Context) (LocalAgent, error) {
+	ctx, cancel := c.ctx(ctx)
+	defer cancel()
+	type answer struct {
+		self map[string]map[string]interface{}
+		err  error
+	}
+	// The API call takes no context; bound the wait ourselves.
+	ch := make(chan answer, 1)
+	go func() {
+		self, err := c.api.Agent().Self()
+		ch <- answer{self, err}
+	}()
+	var self map[string]map[string]interface{}
+	select {
+	case <-ctx.Done():
+		return LocalAgent{}, classify("agent self", ctx.Err())
+	case a := <-ch:
+		if a.err != nil {
+			return LocalAgent{}, classify("agent self", a.err)
+		}
+		self = a.self
+	}
+	var la LocalAgent
+	if cfg, ok := self["Config"]; ok {
+		la.NodeName, _ = cfg["NodeName"].(string)
+		la.Server, _ = cfg["Server"].(bool)
+	}
+	if m, ok := self["Member"]; ok {
+		la.Addr, _ = m["Addr"].(string)
+	}
+	if la.NodeName == "" {
+		return la, fmt.Errorf("agent self: no node name in the answer")
+	}
+	return la, nil
+}

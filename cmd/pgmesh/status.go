@@ -159,7 +159,10 @@ type memberStatus struct {
 	APIURL   string            `json:"api_url,omitempty" yaml:"api_url,omitempty"`
 	Message  string            `json:"message,omitempty" yaml:"message,omitempty"`
 	// ConfigProblem: why the member runs on an older cluster config.
-	ConfigProblem string    `json:"config_problem,omitempty" yaml:"config_problem,omitempty"`
+	ConfigProblem string `json:"config_problem,omitempty" yaml:"config_problem,omitempty"`
+	// SessionChecks are the health checks the member's Consul session is
+	// tied to (none: the session ends only when its TTL runs out).
+	SessionChecks []string  `json:"session_checks,omitempty" yaml:"session_checks,omitempty"`
 	Updated       time.Time `json:"updated_at" yaml:"updated_at"`
 }
 
@@ -241,6 +244,7 @@ func buildGroup(g *consulkv.GroupView, paused bool) groupStatus {
 			Name: n, Host: m.Host, Port: m.Port, State: m.State, Timeline: m.Timeline,
 			WriteLSN: formatLSN(m.WriteLSN), ReceiveLSN: formatLSN(m.ReceiveLSN), ReplayLSN: formatLSN(m.ReplayLSN),
 			Tags: tagMap(m.Tags), APIURL: m.APIURL, Message: m.Message, ConfigProblem: m.ConfigProblem, Updated: m.UpdatedAt,
+			SessionChecks: m.SessionChecks,
 		}
 		switch {
 		case n == leader:
@@ -370,6 +374,9 @@ func renderStatus(w io.Writer, doc statusDoc) {
 		}
 		tw.Flush()
 		writeTrimmed(w, tb.String())
+		if line := detectionLine(g); line != "" {
+			fmt.Fprintln(w, line)
+		}
 	}
 	if len(doc.Replication) > 0 {
 		fmt.Fprintf(w, "\nReplication between groups\n")
@@ -396,6 +403,32 @@ func renderStatus(w io.Writer, doc statusDoc) {
 			fmt.Fprintln(w, l)
 		}
 	}
+}
+
+// detectionLine says how each member's failure is detected: a session tied
+// to health checks ends as soon as one goes critical, a TTL-only session up
+// to twice its TTL after the member's last renew.
+func detectionLine(g groupStatus) string {
+	by := map[string][]string{}
+	var order []string
+	for _, m := range g.Members {
+		how := "session TTL only"
+		if len(m.SessionChecks) > 0 {
+			how = "session tied to " + strings.Join(m.SessionChecks, ", ")
+		}
+		if _, ok := by[how]; !ok {
+			order = append(order, how)
+		}
+		by[how] = append(by[how], m.Name)
+	}
+	if len(order) == 0 {
+		return ""
+	}
+	parts := make([]string, 0, len(order))
+	for _, how := range order {
+		parts = append(parts, how+" ("+strings.Join(by[how], ", ")+")")
+	}
+	return "Failure detection: " + strings.Join(parts, "; ")
 }
 
 // writeTrimmed drops the padding tabwriter leaves after the last non-empty

@@ -91,7 +91,9 @@ func TestBuildStatusRolesAndLag(t *testing.T) {
 
 func TestRenderStatusTable(t *testing.T) {
 	var b bytes.Buffer
-	renderStatus(&b, buildStatus("prod", testView(), ""))
+	v := testView()
+	v.Groups["g1"].Members["n3"].SessionChecks = []string{"serfHealth", "liveness"}
+	renderStatus(&b, buildStatus("prod", v, ""))
 	out := b.String()
 	t.Log("\n" + out)
 	lines := strings.Split(out, "\n")
@@ -104,6 +106,7 @@ func TestRenderStatusTable(t *testing.T) {
 		"Switchover scheduled in group g1 from n1 to n3 at ",
 		"Group g2 is paused",
 		"Group g2 has no leader.",
+		"Failure detection: session TTL only (n1, n2, n4); session tied to serfHealth, liveness (n3)",
 		`Consul problem: key "pgmesh/prod/groups/g2/members/x": invalid JSON: unexpected EOF`,
 	} {
 		if !strings.Contains(out, want) {

@@ -1,0 +1,84 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+
+	"github.com/pgmesh/pgmesh/consulkv"
+	"go.uber.org/zap"
+)
+
+// consulIsLocal reports whether the configured Consul address is on this
+// host (loopback, or the default), the only place where a client agent's
+// serfHealth speaks for this member's host.
+func consulIsLocal(address string) bool {
+	addr := strings.TrimPrefix(strings.TrimPrefix(address, "https://"), "http://")
+	if addr == "" {
+		return true
+	}
+	host := addr
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		host = h
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// nodeChecks are the configured session checks that are node checks (all
+// but the member's own liveness check).
+func nodeChecks(checks []string) []string {
+	var out []string
+	for _, c := range checks {
+		if c != "liveness" {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// detectionProblem says why node checks in session_checks cannot detect
+// this host's death ("" when they can): they are only meaningful on a
+// Consul client agent running on this host.
+func detectionProblem(checks []string, address string, self consulkv.LocalAgent) string {
+	nc := nodeChecks(checks)
+	if len(nc) == 0 {
+		return ""
+	}
+	switch {
+	case self.Server:
+		return fmt.Sprintf("consul.session_checks names %s, but the Consul agent at %s is a server (node %s): its node checks say nothing about this host, so a dead host is noticed only when the session's TTL runs out; point consul.address at a Consul client agent on this host", strings.Join(nc, ", "), address, self.NodeName)
+	case !consulIsLocal(address):
+		return fmt.Sprintf("consul.session_checks names %s, but the Consul agent at %s is not on this host (node %s): its node checks say nothing about this host, so a dead host is noticed only when the session's TTL runs out; point consul.address at the Consul client agent on this host", strings.Join(nc, ", "), address, self.NodeName)
+	}
+	return ""
+}
+
+// logFailureDetection says at start how a dead member will be noticed, and
+// warns when the session checks cannot work where the agent points.
+func (a *Agent) logFailureDetection(ctx context.Context) {
+	checks := a.cfg.Consul.SessionChecks
+	ttl := a.dyn.TTL.D()
+	if len(checks) == 0 {
+		a.log.Info("failure detection: session TTL only; a dead member's session ends up to twice the session TTL after its last renew (about ttl)",
+			zap.Duration("ttl", ttl))
+	} else {
+		a.log.Info("failure detection: session tied to health checks; a dead member's session ends when one of them goes critical",
+			zap.Strings("session_checks", checks), zap.Duration("lock_delay", a.dyn.LockDelay.D()))
+	}
+	if len(nodeChecks(checks)) == 0 {
+		return
+	}
+	self, err := a.kv.Self(ctx)
+	if err != nil {
+		a.log.Warn("could not ask the Consul agent about itself to check that its node checks cover this host (needs agent:read)", zap.Error(err))
+		return
+	}
+	if p := detectionProblem(checks, a.cfg.Consul.Address, self); p != "" {
+		a.log.Warn(p)
+	}
+}
