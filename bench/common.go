@@ -53,6 +53,14 @@ var profiles = map[string]profile{
 	// is noticed by the next check (<= 1s, Consul's shortest interval), and
 	// the lock is free lock_delay later.
 	"checks-fast": {Name: "checks-fast", TTL: 20 * time.Second, LoopWait: 500 * time.Millisecond, RetryTimeout: time.Second, LockDelay: 2 * time.Second, SessionChecks: []string{"liveness"}},
+	// The session tied to the node's serfHealth (Consul's own failure
+	// detector; only meaningful with -hosts, where every member has its
+	// own Consul client agent) on pgmesh's default timings; lock_delay is
+	// the smallest the session-checks rule allows: 2s + 5s + 0.5s.
+	"node": {Name: "node", TTL: 20 * time.Second, LoopWait: 2 * time.Second, RetryTimeout: 5 * time.Second, LockDelay: 7500 * time.Millisecond, SessionChecks: []string{"serfHealth"}},
+	// serfHealth (a dead host) plus the liveness check (a dead agent on a
+	// live host) on checks-fast's timings.
+	"node-fast": {Name: "node-fast", TTL: 20 * time.Second, LoopWait: 500 * time.Millisecond, RetryTimeout: time.Second, LockDelay: 2 * time.Second, SessionChecks: []string{"serfHealth", "liveness"}},
 	// Patroni's timings (DESIGN.md §8 measured Patroni with them), run by
 	// pgmesh, for a like-for-like comparison: Patroni's defaults (ttl 30,
 	// loop_wait 10, retry_timeout 10) and its tuned setting (ttl 10,
@@ -81,7 +89,7 @@ func (pf *profileFlags) register(fs interface {
 	StringVar(*string, string, string, string)
 	DurationVar(*time.Duration, string, time.Duration, string)
 }, def string) {
-	fs.StringVar(&pf.name, "profile", def, "HA timings: default | fast | checks | patroni-defaults | patroni-tuned (see docs/benchmarks.md)")
+	fs.StringVar(&pf.name, "profile", def, "HA timings: default | fast | checks | checks-fast | node | node-fast | patroni-defaults | patroni-tuned (see docs/benchmarks.md)")
 	fs.DurationVar(&pf.ttl, "ttl", 0, "override the profile's ttl")
 	fs.DurationVar(&pf.loopWait, "loop-wait", 0, "override the profile's loop_wait")
 	fs.DurationVar(&pf.retryTimeout, "retry-timeout", 0, "override the profile's retry_timeout")
@@ -122,6 +130,11 @@ func (pf *profileFlags) resolve(name string) (profile, error) {
 	}
 	if p.LoopWait+2*p.RetryTimeout > p.TTL {
 		return p, fmt.Errorf("profile %s: loop_wait + 2*retry_timeout must be <= ttl", p)
+	}
+	// The agents refuse such a config (consulkv's session-checks-lock-delay
+	// rule); say so before starting anything.
+	if need := p.LoopWait + p.RetryTimeout + 500*time.Millisecond; len(p.SessionChecks) > 0 && p.LockDelay < need {
+		return p, fmt.Errorf("profile %s: with session checks lock_delay must be >= loop_wait + retry_timeout + 0.5s = %s", p, need)
 	}
 	return p, nil
 }

@@ -2,7 +2,7 @@
 // figures (median, min, max) and the raw per-run lines it computed them
 // from; none of them is a timed test.
 //
-//	go run ./bench failover   [-runs 5] [-profile default|fast|checks|patroni-defaults|patroni-tuned]
+//	go run ./bench failover   [-runs 5] [-profile default|fast|checks|checks-fast|node|node-fast|patroni-defaults|patroni-tuned] [-hosts]
 //	go run ./bench switchover [-runs 5] [-profile …]
 //	go run ./bench footprint  [-duration 60s] [-profiles default,fast]
 //	go run ./bench scale      [-groups 10,50,100] [-duration 30s] [-profile default|fast]
@@ -13,9 +13,16 @@
 // this repository (or -pgmesh PATH). failover kills the primary's "host"
 // (agent, fence watchdog, postmaster and backends, SIGKILL) and times the
 // first successful write: directly, through Consul DNS and through HAProxy
-// configured by pgmesh's renderer. switchover runs `pgmesh switchover
-// --force --to X` under clients writing every 10ms (directly and through
-// HAProxy) and reports the longest gap between writes. footprint measures
+// configured by pgmesh's renderer. failover -hosts models the hosts as
+// production runs them: the demo's Consul becomes one of three servers (two
+// more join it), every member gets its own Consul client agent that its
+// pgmesh agent talks to, and the kill takes that client agent too, so Consul
+// learns of the death only through the session TTL or serf's failure
+// detection (the node's serfHealth check), on Consul's default gossip
+// timings; profiles node and node-fast tie the session to serfHealth and
+// need -hosts. switchover runs `pgmesh switchover --force --to X` under
+// clients writing every 10ms (directly and through HAProxy) and reports the
+// longest gap between writes. footprint measures
 // each idle agent's RSS, CPU and Consul requests per second through a
 // counting proxy between the agent and Consul.
 //

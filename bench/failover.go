@@ -19,6 +19,7 @@ import (
 type failoverResult struct {
 	killed, newPrimary string
 	freed, taken       time.Duration // leader key gone / held by another member
+	serf               time.Duration // -hosts: the host's serfHealth critical (0: not seen)
 	direct, dns        time.Duration // first successful write
 	haproxy            time.Duration // first write through HAProxy (0: not run)
 	dnsAddr            string
@@ -31,15 +32,29 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 	runs := fs.Int("runs", 5, "number of kill -9 runs (the figures are medians over them)")
 	poll := fs.Duration("poll", 20*time.Millisecond, "how often the clients try to write")
 	viaHAProxy := fs.Bool("haproxy", true, "also time the first write through HAProxy configured by pgmesh's renderer (builtin template, runtime-API hook)")
+	hosts := fs.Bool("hosts", false, "model hosts as production runs them: 3 Consul servers, one Consul client agent per member (its agent talks to it), and the kill takes the client agent too")
 	ctx, p, err := e.parseProfile(ctx, fs, args, 40*time.Minute)
 	if err != nil {
 		return err
+	}
+	if !*hosts && containsString(p.SessionChecks, "serfHealth") {
+		return fmt.Errorf("profile %s ties the session to serfHealth: run it with -hosts (without a Consul agent per host, the node whose serfHealth the sessions follow never dies)", p.Name)
 	}
 	o, err := e.meshOptions(p, 3)
 	if err != nil {
 		return err
 	}
-	printf("# unplanned failover: 1 group x 3 members, kill -9 of the primary's host (agent + fence watchdog + postmaster + backends)\n")
+	var hb *hostBed
+	if *hosts {
+		if hb, err = newHostBed(ctx, e, &o); err != nil {
+			return err
+		}
+		printf("# unplanned failover on hosts: 3 Consul servers (the demo's + 2 joined), 1 group x 3 members, each member a host with its own Consul client agent;\n")
+		printf("# kill -9 of the primary's host (Consul client agent + pgmesh agent + fence watchdog + postmaster + backends)\n")
+		printf("# gossip: Consul's LAN defaults (no gossip_lan block: probe_interval 1s, probe_timeout 500ms, suspicion_mult 4, gossip_interval 200ms)\n")
+	} else {
+		printf("# unplanned failover: 1 group x 3 members, kill -9 of the primary's host (agent + fence watchdog + postmaster + backends)\n")
+	}
 	printf("# profile %s; Consul session_ttl_min 1s, DNS allow_stale=false, ttl 0\n", p)
 	printf("# clients poll every %s: direct (one connection per surviving member), DNS (SRV primary.bench.service.consul, then write to the answer)", *poll)
 	if *viaHAProxy {
@@ -49,6 +64,11 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 	m, err := e.startMesh(ctx, o)
 	if err != nil {
 		return err
+	}
+	if hb != nil {
+		if err := hb.waitReady(ctx, 2*time.Minute); err != nil {
+			return err
+		}
 	}
 	kv, err := consulkv.New(consulkv.Config{Address: m.Consul, Cluster: o.Cluster})
 	if err != nil {
@@ -76,6 +96,11 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 		if err := waitMemberKeys(ctx, kv, primary.Group, memberNames(m.Members()), time.Minute); err != nil {
 			return err
 		}
+		if hb != nil {
+			if err := hb.waitReady(ctx, time.Minute); err != nil {
+				return err
+			}
+		}
 		if router != nil {
 			// HAProxy's checks must have caught up with the last run.
 			if err := waitHAProxyWritable(ctx, router.GroupPort, time.Minute); err != nil {
@@ -86,7 +111,7 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 		if err := sleepCtx(ctx, time.Duration(rand.Int64N(int64(p.LoopWait)))); err != nil {
 			return err
 		}
-		r, err := failoverOnce(ctx, m, kv, primary, p, *poll, router)
+		r, err := failoverOnce(ctx, m, hb, kv, primary, p, *poll, router)
 		if err != nil {
 			return fmt.Errorf("run %d: %w", run, err)
 		}
@@ -95,11 +120,19 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 		if router != nil {
 			hp = fmt.Sprintf(", via HAProxy +%.3fs", secs(r.haproxy))
 		}
-		printf("run %d/%d: killed %s -> new primary %s: leader key freed +%.2fs, taken +%.2fs; first write direct +%.3fs, via DNS +%.3fs (%s)%s%s\n",
-			run, *runs, r.killed, r.newPrimary, secs(r.freed), secs(r.taken), secs(r.direct), secs(r.dns), r.dnsAddr, hp, errNote(r))
+		serf := ""
+		if hb != nil {
+			serf = fmt.Sprintf("serfHealth critical +%.2fs, ", secs(r.serf))
+		}
+		printf("run %d/%d: killed %s -> new primary %s: %sleader key freed +%.2fs, taken +%.2fs; first write direct +%.3fs, via DNS +%.3fs (%s)%s%s\n",
+			run, *runs, r.killed, r.newPrimary, serf, secs(r.freed), secs(r.taken), secs(r.direct), secs(r.dns), r.dnsAddr, hp, errNote(r))
 		// Bring the old primary back as a replica for the next run.
 		t := time.Now()
-		if err := m.StartMember(primary); err != nil {
+		if hb != nil {
+			if err := hb.restartHost(ctx, m, primary, 2*time.Minute); err != nil {
+				return err
+			}
+		} else if err := m.StartMember(primary); err != nil {
 			return err
 		}
 		if err := m.WaitHealthy(ctx, 4*time.Minute); err != nil {
@@ -107,8 +140,11 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 		}
 		printf("#   %s rejoined as a replica after %.1fs\n", primary.Name, time.Since(t).Seconds())
 	}
-	var freed, taken, direct, dns, hap []float64
+	var serf, freed, taken, direct, dns, hap []float64
 	for _, r := range results {
+		if r.serf > 0 {
+			serf = append(serf, secs(r.serf))
+		}
 		freed = append(freed, secs(r.freed))
 		taken = append(taken, secs(r.taken))
 		if r.directErr == "" {
@@ -121,13 +157,21 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 			hap = append(hap, secs(r.haproxy))
 		}
 	}
-	printf("\nunplanned failover, profile %s, %d runs (seconds after the SIGKILL)\n", p.Name, len(results))
-	rows := [][]string{
+	bed := ""
+	if hb != nil {
+		bed = " on hosts (3 Consul servers, a Consul client agent per member)"
+	}
+	printf("\nunplanned failover%s, profile %s, %d runs (seconds after the SIGKILL)\n", bed, p.Name, len(results))
+	var rows [][]string
+	if hb != nil {
+		rows = append(rows, statRow("dead host's serfHealth critical (serf failure detection)", serf, fmtSecs))
+	}
+	rows = append(rows,
 		statRow("leader key freed (session invalidated)", freed, fmtSecs),
 		statRow("leader key taken by a replica", taken, fmtSecs),
 		statRow("first write, direct", direct, fmtSecs),
 		statRow("first write, via DNS primary.bench.service.consul", dns, fmtSecs),
-	}
+	)
 	if router != nil {
 		rows = append(rows, statRow("first write, through HAProxy", hap, fmtSecs))
 	}
@@ -177,7 +221,7 @@ func currentPrimary(ctx context.Context, m *demo.Mesh, timeout time.Duration) (*
 	}
 }
 
-func failoverOnce(ctx context.Context, m *demo.Mesh, kv *consulkv.Client, primary *demo.Member, p profile, poll time.Duration, router *haproxyRouter) (failoverResult, error) {
+func failoverOnce(ctx context.Context, m *demo.Mesh, hb *hostBed, kv *consulkv.Client, primary *demo.Member, p profile, poll time.Duration, router *haproxyRouter) (failoverResult, error) {
 	res := failoverResult{killed: primary.Name}
 	limit := 2*p.TTL + p.LockDelay + 60*time.Second
 	rctx, cancel := context.WithTimeout(ctx, limit)
@@ -186,6 +230,12 @@ func failoverOnce(ctx context.Context, m *demo.Mesh, kv *consulkv.Client, primar
 	lw, err := watchLeader(rctx, kv, primary.Group, primary.Name)
 	if err != nil {
 		return res, err
+	}
+	var sw *serfWatch
+	if hb != nil {
+		if sw, err = hb.watchSerf(rctx, hb.clients[primary.Name].node); err != nil {
+			return res, err
+		}
 	}
 
 	// Direct clients: one per surviving member, connected before the kill
@@ -212,7 +262,13 @@ func failoverOnce(ctx context.Context, m *demo.Mesh, kv *consulkv.Client, primar
 		hw = newWriter("127.0.0.1", router.GroupPort, 3*time.Second)
 		hw.write(rctx, "warmup") // connected to the old primary, as a client would be
 	}
-	t0, err := m.KillHost(primary)
+	var t0 time.Time
+	if hb != nil {
+		t0, err = hb.killHost(m, primary)
+		sw.arm(t0)
+	} else {
+		t0, err = m.KillHost(primary)
+	}
 	if err != nil {
 		return res, err
 	}
@@ -331,8 +387,20 @@ func failoverOnce(ctx context.Context, m *demo.Mesh, kv *consulkv.Client, primar
 	wg.Wait()
 	lw.wait(time.Second)
 	res.freed, res.taken, _ = lw.result()
+	if sw != nil {
+		res.serf = sw.result()
+	}
 	if res.directErr != "" && res.dnsErr != "" {
 		return res, errors.New("no member became writable: " + res.directErr)
 	}
 	return res, nil
+}
+
+func containsString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
