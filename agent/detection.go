@@ -70,15 +70,30 @@ func (a *Agent) logFailureDetection(ctx context.Context) {
 		a.log.Info("failure detection: session tied to health checks; a dead member's session ends when one of them goes critical",
 			zap.Strings("session_checks", checks), zap.Duration("lock_delay", a.dyn.LockDelay.D()))
 	}
-	if len(nodeChecks(checks)) == 0 {
-		return
-	}
 	self, err := a.kv.Self(ctx)
 	if err != nil {
-		a.log.Warn("could not ask the Consul agent about itself to check that its node checks cover this host (needs agent:read)", zap.Error(err))
+		if len(nodeChecks(checks)) > 0 {
+			a.log.Warn("could not ask the Consul agent about itself to check that its node checks cover this host (needs agent:read)", zap.Error(err))
+		} else {
+			a.log.Info("could not ask the Consul agent about itself (needs agent:read); not checking its leave_on_terminate", zap.Error(err))
+		}
 		return
 	}
 	if p := detectionProblem(checks, a.cfg.Consul.Address, self); p != "" {
 		a.log.Warn(p)
 	}
+	if p := leaveProblem(self); p != "" {
+		a.log.Warn(p)
+	}
+}
+
+// leaveProblem warns about a Consul agent that leaves the cluster when it
+// is stopped: the leave deregisters its node, which ends every session on
+// it, so a routine restart of the agent (an upgrade, `systemctl restart
+// consul`) costs the group its leader. Found by TestNoFalseFailovers.
+func leaveProblem(self consulkv.LocalAgent) string {
+	if !self.LeaveOnTerm {
+		return ""
+	}
+	return fmt.Sprintf("the Consul agent (node %s) leaves the cluster when stopped (leave_on_terminate, Consul's default for client agents): restarting it ends this member's session, and a leader's group fails over; set leave_on_terminate = false in that agent's configuration", self.NodeName)
 }

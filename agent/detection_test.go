@@ -31,3 +31,12 @@ func TestDetectionProblem(t *testing.T) {
 		}
 	}
 }
+
+func TestLeaveProblem(t *testing.T) {
+	if p := leaveProblem(consulkv.LocalAgent{NodeName: "db1", LeaveOnTerm: true}); !strings.Contains(p, "leave_on_terminate = false") {
+		t.Errorf("leaving agent: %q", p)
+	}
+	if p := leaveProblem(consulkv.LocalAgent{NodeName: "db1"}); p != "" {
+		t.Errorf("staying agent: %q", p)
+	}
+}

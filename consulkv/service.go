@@ -166,6 +166,10 @@ type LocalAgent struct {
 	Server bool
 	// Addr is the agent's gossip (LAN) address.
 	Addr string
+	// LeaveOnTerm: the agent leaves the cluster when it gets SIGTERM
+	// (leave_on_terminate; Consul's default for client agents). A leave
+	// deregisters the node, and with it ends every session on the node.
+	LeaveOnTerm bool
 }
 
 // Self asks the Consul agent about itself (/v1/agent/self; needs agent:read
@@ -200,6 +204,9 @@ func (c *Client) Self(ctx context.Context) (LocalAgent, error) {
 	}
 	if m, ok := self["Member"]; ok {
 		la.Addr, _ = m["Addr"].(string)
+	}
+	if dc, ok := self["DebugConfig"]; ok {
+		la.LeaveOnTerm, _ = dc["LeaveOnTerm"].(bool)
 	}
 	if la.NodeName == "" {
 		return la, fmt.Errorf("agent self: no node name in the answer")
