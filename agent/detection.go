@@ -70,6 +70,14 @@ func (a *Agent) logFailureDetection(ctx context.Context) {
 		a.log.Info("failure detection: session tied to health checks; a dead member's session ends when one of them goes critical",
 			zap.Strings("session_checks", checks), zap.Duration("lock_delay", a.dyn.LockDelay.D()))
 	}
+	// Asked in the background: an unreachable Consul must not hold up the
+	// start (the HA loop copes with that on its own).
+	go a.checkConsulAgent(ctx, checks)
+}
+
+// checkConsulAgent asks the Consul agent about itself and warns about
+// settings that defeat failure detection.
+func (a *Agent) checkConsulAgent(ctx context.Context, checks []string) {
 	self, err := a.kv.Self(ctx)
 	if err != nil {
 		if len(nodeChecks(checks)) > 0 {
