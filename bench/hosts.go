@@ -454,6 +454,17 @@ func (w *serfWatch) arm(t0 time.Time) {
 	w.mu.Unlock()
 }
 
+// wait gives the watch up to d to see serfHealth critical.
+func (w *serfWatch) wait(ctx context.Context, d time.Duration) {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if w.result() > 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // result is when serfHealth went critical, relative to t0 (0: not seen).
 func (w *serfWatch) result() time.Duration {
 	w.mu.Lock()
