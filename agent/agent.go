@@ -615,8 +615,10 @@ func (a *Agent) fence(reason string) {
 // State implements health.Controller.
 func (a *Agent) State() health.MemberState {
 	a.stateMu.Lock()
-	defer a.stateMu.Unlock()
-	return a.state
+	st := a.state
+	a.stateMu.Unlock()
+	st.LeaseKnown, st.LeaseUntil = true, a.lock.LeaseUntil()
+	return st
 }
 
 func (a *Agent) setState(f func(*health.MemberState)) {

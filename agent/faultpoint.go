@@ -2,6 +2,7 @@ package agent
 
 import (
 	"os"
+	"os/signal"
 	"strings"
 	"syscall"
 	"time"
@@ -30,20 +31,18 @@ func faultPoint(name string) func() {
 	switch faultPoints[name] {
 	case "stop":
 		return func() {
+			// kill returns before every thread has stopped, so this
+			// goroutine could run the next step before the freeze lands
+			// (seen: the lease check after the fault point passed, and the
+			// freeze hit inside pg_ctl start). Return only once SIGCONT
+			// arrived, i.e. after the process was stopped and continued.
+			cont := make(chan os.Signal, 1)
+			signal.Notify(cont, syscall.SIGCONT)
+			defer signal.Stop(cont)
 			syscall.Kill(os.Getpid(), syscall.SIGSTOP)
-			// kill returns before every thread has stopped: this goroutine
-			// could run the next step before the freeze lands (seen: the
-			// lease check after the fault point passed, and the freeze hit
-			// inside pg_ctl start). Wait until the clock jumps, i.e. this
-			// thread was frozen and resumed.
-			last := time.Now()
-			for deadline := last.Add(10 * time.Minute); last.Before(deadline); {
-				time.Sleep(10 * time.Millisecond)
-				now := time.Now()
-				if now.Sub(last) > 500*time.Millisecond {
-					return
-				}
-				last = now
+			select {
+			case <-cont:
+			case <-time.After(10 * time.Minute):
 			}
 		}
 	}

@@ -62,8 +62,13 @@ func checkStandbyLeader(MemberState, url.Values, time.Time) (bool, error) { retu
 // checkPrimary asks all three facts even though Writable should imply the
 // others: routing writes to a member on a half-updated state is the one
 // mistake this endpoint exists to prevent.
-func checkPrimary(st MemberState, _ url.Values, _ time.Time) (bool, error) {
-	return st.Writable && st.IsLeader && st.PGRunning, nil
+func checkPrimary(st MemberState, _ url.Values, now time.Time) (bool, error) {
+	return st.Writable && st.IsLeader && st.PGRunning && leaseHolds(st, now), nil
+}
+
+// leaseHolds: the lease, when the agent reports it, has not run out.
+func leaseHolds(st MemberState, now time.Time) bool {
+	return !st.LeaseKnown || now.Before(st.LeaseUntil)
 }
 
 func checkLeader(st MemberState, _ url.Values, _ time.Time) (bool, error) {

@@ -59,6 +59,12 @@ type MemberState struct {
 	ReplayTimestamp time.Time
 	// Replication lists the leader's walsenders (pg_stat_replication).
 	Replication []Replication
+	// LeaseKnown and LeaseUntil: when the agent fills them, the member's
+	// lease (its session's, which holds the leader lock) as of the request;
+	// a leader whose lease ran out is not reported writable even if the
+	// loop that would fence it is still busy.
+	LeaseKnown bool
+	LeaseUntil time.Time
 	// FailsafeActive: the leader keeps running without Consul because every
 	// member of its group confirmed it (failsafe mode; not built yet, so
 	// always false).

@@ -55,8 +55,8 @@ func VersionNumber(v string) float64 {
 	return float64(n)
 }
 
-func isPrimary(st MemberState) bool {
-	return st.PGRunning && st.Role == consulkv.RolePrimary && st.IsLeader
+func isPrimary(st MemberState, now time.Time) bool {
+	return st.PGRunning && st.Role == consulkv.RolePrimary && st.IsLeader && leaseHolds(st, now)
 }
 
 func isReplica(st MemberState) bool {
@@ -78,12 +78,12 @@ var patroniMetrics = []patroniMetric{
 			return unixOrZero(st.StartTime)
 		}},
 	{"patroni_primary", "Value is 1 if this node is the leader (writable primary), 0 otherwise.",
-		func(st MemberState, _ time.Time) float64 { return b2f(isPrimary(st)) }},
+		func(st MemberState, now time.Time) float64 { return b2f(isPrimary(st, now)) }},
 	{"patroni_master", "Value is 1 if this node is the leader, 0 otherwise (the name before Patroni 3).",
-		func(st MemberState, _ time.Time) float64 { return b2f(isPrimary(st)) }},
+		func(st MemberState, now time.Time) float64 { return b2f(isPrimary(st, now)) }},
 	{"patroni_xlog_location", "Current location of the PostgreSQL transaction log, 0 for replicas.",
-		func(st MemberState, _ time.Time) float64 {
-			if !isPrimary(st) {
+		func(st MemberState, now time.Time) float64 {
+			if !isPrimary(st, now) {
 				return 0
 			}
 			return float64(st.WriteLSN)

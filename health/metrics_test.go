@@ -112,3 +112,35 @@ func TestPatroniStatusAdditions(t *testing.T) {
 		}
 	}
 }
+
+// A leader whose lease ran out is not reported writable, even while the
+// agent's loop (which would fence it) is still busy: HAProxy and the
+// metrics stop calling it primary at once.
+func TestPrimaryNeedsALiveLease(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		until time.Time
+		known bool
+		want  int
+	}{
+		{"lease valid", time.Now().Add(5 * time.Second), true, 200},
+		{"lease ran out", time.Now().Add(-time.Millisecond), true, 503},
+		{"no session", time.Time{}, true, 503},
+		{"not reported", time.Time{}, false, 200},
+	} {
+		st := primaryState()
+		st.LeaseKnown, st.LeaseUntil = tc.known, tc.until
+		h := newTestServer(&fakeCtl{state: st}, Options{}).Handler()
+		if code, _, _ := do(t, h, http.MethodGet, "/primary", ""); code != tc.want {
+			t.Errorf("%s: /primary = %d, want %d", tc.name, code, tc.want)
+		}
+		_, body, _ := do(t, h, http.MethodGet, "/metrics", "")
+		want := `patroni_primary{cluster="mesh",name="m1",scope="n1"} 1`
+		if tc.want == 503 {
+			want = `patroni_primary{cluster="mesh",name="m1",scope="n1"} 0`
+		}
+		if !strings.Contains(body, want) {
+			t.Errorf("%s: metrics lack %s", tc.name, want)
+		}
+	}
+}
