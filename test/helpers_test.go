@@ -176,7 +176,13 @@ func (s *sampler) finish() ([]string, time.Duration) {
 
 // count returns the number of rows in table on member m.
 func (g *group) count(m, table string) (int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	return g.countWithin(m, table, 3*time.Second)
+}
+
+// countWithin is count with its own bound, for tables large enough that a
+// cold, loaded server needs more than a few seconds to count them.
+func (g *group) countWithin(m, table string, timeout time.Duration) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	c, err := g.members[m].Connect(ctx)
 	if err != nil {
