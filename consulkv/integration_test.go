@@ -139,14 +139,7 @@ func TestGuardedWritesRefuseNonHolders(t *testing.T) {
 	c := testbed.StartConsul(t, testbed.ConsulOptions{})
 	cl := newClient(t, c)
 	ctx := context.Background()
-	opts := consulkv.LockOptions{TTL: 10 * time.Second}
-	leader := cl.NewLock("g1", "a", opts)
-	follower := cl.NewLock("g1", "b", opts)
-	for _, l := range []*consulkv.Lock{leader, follower} {
-		if _, err := l.EnsureSession(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	leader, follower := leaderAndFollower(t, cl)
 	if ok, _ := leader.Acquire(ctx); !ok {
 		t.Fatal("leader did not acquire")
 	}
@@ -384,14 +377,7 @@ func TestRestoreInitialize(t *testing.T) {
 	c := testbed.StartConsul(t, testbed.ConsulOptions{})
 	cl := newClient(t, c)
 	ctx := context.Background()
-	opts := consulkv.LockOptions{TTL: 10 * time.Second}
-	leader := cl.NewLock("g1", "a", opts)
-	follower := cl.NewLock("g1", "b", opts)
-	for _, l := range []*consulkv.Lock{leader, follower} {
-		if _, err := l.EnsureSession(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	leader, follower := leaderAndFollower(t, cl)
 	if ok, _ := leader.Acquire(ctx); !ok {
 		t.Fatal("leader did not acquire")
 	}
@@ -426,4 +412,18 @@ func TestRestoreInitialize(t *testing.T) {
 	if g.Initialize == nil || g.Initialize.SystemID != init.SystemID {
 		t.Fatalf("restored key: %+v", g.Initialize)
 	}
+}
+
+// leaderAndFollower are two members of group g1 with a session each; the
+// caller decides who acquires.
+func leaderAndFollower(t *testing.T, cl *consulkv.Client) (leader, follower *consulkv.Lock) {
+	t.Helper()
+	opts := consulkv.LockOptions{TTL: 10 * time.Second}
+	leader, follower = cl.NewLock("g1", "a", opts), cl.NewLock("g1", "b", opts)
+	for _, l := range []*consulkv.Lock{leader, follower} {
+		if _, err := l.EnsureSession(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return leader, follower
 }

@@ -288,8 +288,8 @@ func requireGroup(c *cli.Context) (string, error) {
 type apiClient struct {
 	user, password string
 	http           *http.Client
-	// tlsSet: the user gave a CA or client certificate, so TLS errors are
-	// not explained as "no --api-cacert".
+	// caSet / certSet: the user gave a CA (or --api-insecure) / a client
+	// certificate, so a TLS error is not explained as their absence.
 	caSet, certSet bool
 }
 
