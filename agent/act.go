@@ -103,6 +103,18 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 		}
 		if !ok {
 			runningPrimary := o.Local.Running && !o.Local.InRecovery
+			if runningPrimary && o.Group != nil && o.Group.Leader == nil {
+				// A primary whose lock went away (its session ended while
+				// Consul was out of reach, failsafe mode) is refused by its
+				// old session's lock-delay: if nobody took the key meanwhile
+				// it retries instead of demoting, and the others do not race
+				// while its member key says it runs as primary.
+				if g, err := a.kv.ReadGroup(ctx, a.cfg.Group); err == nil && g.Leader == nil {
+					a.scheduleAcquireRetry(time.Now())
+					a.log.Info("leader key free but refused (lock-delay of an earlier session); running primary retries when it ends", zap.Time("retry_at", a.retryAcquireAt))
+					return nil
+				}
+			}
 			if o.Group != nil && o.Group.Leader == nil && !runningPrimary {
 				a.scheduleAcquireRetry(time.Now())
 				a.log.Info("leader key free but refused (lock-delay of the last holder's session); retrying when it ends", zap.Time("retry_at", a.retryAcquireAt))

@@ -126,6 +126,8 @@ type Agent struct {
 	memberWrite, statusWrite changeGate
 	// cb runs postgresql.callbacks (callbacks.go).
 	cb *callbacks
+	// failsafe is failsafe mode's state (failsafe.go).
+	failsafe failsafeState
 
 	stateMu sync.Mutex
 	state   health.MemberState
@@ -296,10 +298,29 @@ func (a *Agent) lockOptions() consulkv.LockOptions {
 // count from when that renew was sent, not from now.
 func (a *Agent) fenceDeadline(now time.Time) time.Duration {
 	u := a.lock.FenceUntil()
+	if h := a.failsafe.holdUntil(); h.After(u) {
+		u = h // every member confirmed failsafe (failsafe.go)
+	}
 	if u.IsZero() {
 		return 0
 	}
 	return u.Sub(now)
+}
+
+// leaseUntil is when this member must stop acting as leader: its lease, or
+// a failsafe hold that lasts longer.
+func (a *Agent) leaseUntil() time.Time {
+	u := a.lock.LeaseUntil()
+	if h := a.failsafe.holdUntil(); h.After(u) {
+		u = h
+	}
+	return u
+}
+
+// leaseValid: leaseUntil has not passed.
+func (a *Agent) leaseValid(now time.Time) bool {
+	u := a.leaseUntil()
+	return !u.IsZero() && now.Before(u)
 }
 
 func (a *Agent) apiURL() string {
@@ -574,13 +595,13 @@ func (a *Agent) leaseFence(ctx context.Context) {
 		if !guarded() {
 			continue
 		}
-		if a.lock.LeaseValid(time.Now()) {
+		if a.leaseValid(time.Now()) {
 			continue
 		}
 		a.lifecycleMu.Lock()
 		// Re-check under the lock: the loop may have renewed and restarted
 		// PostgreSQL meanwhile.
-		if guarded() && !a.lock.LeaseValid(time.Now()) {
+		if guarded() && !a.leaseValid(time.Now()) {
 			a.log.Warn("fencing: lease expired while the loop was busy; stopping PostgreSQL immediately")
 			a.fence("lease expired")
 		}
@@ -617,7 +638,8 @@ func (a *Agent) State() health.MemberState {
 	a.stateMu.Lock()
 	st := a.state
 	a.stateMu.Unlock()
-	st.LeaseKnown, st.LeaseUntil = true, a.lock.LeaseUntil()
+	st.LeaseKnown, st.LeaseUntil = true, a.leaseUntil()
+	st.FailsafeActive = st.IsLeader && time.Now().Before(a.failsafe.holdUntil())
 	return st
 }
 

@@ -211,6 +211,7 @@ type DynamicConfig struct {
 	SynchronousNodeCount int                `yaml:"synchronous_node_count"`
 	Replication          string             `yaml:"replication"`
 	PrimaryStartTimeout  *consulkv.Duration `yaml:"primary_start_timeout"`
+	FailsafeMode         bool               `yaml:"failsafe_mode"`
 }
 
 // ClusterConfig converts to the stored form (defaults filled).
@@ -227,6 +228,7 @@ func (d DynamicConfig) ClusterConfig() consulkv.ClusterConfig {
 		SynchronousNodeCount: d.SynchronousNodeCount,
 		Replication:          d.Replication,
 		PrimaryStartTimeout:  d.PrimaryStartTimeout,
+		FailsafeMode:         d.FailsafeMode,
 	}.WithDefaults()
 }
 

@@ -26,6 +26,16 @@ type Observation struct {
 	Session string
 	// LeaseValid: the local monotonic lease of Session has not run out.
 	LeaseValid bool
+	// FailsafeUntil: with Consul unreachable, every other member confirmed
+	// this leader over REST (failsafe mode) and it may stay primary until
+	// then (zero: no such hold).
+	FailsafeUntil time.Time
+	// FailsafeWhy says why the last failsafe round was refused ("" none).
+	FailsafeWhy string
+	// PromisedTo is the leader this member promised, answering its POST
+	// /failsafe, not to replace before PromisedUntil ("" none).
+	PromisedTo    string
+	PromisedUntil time.Time
 
 	Local Local
 	// Peers are the other members' REST answers, collected only when the
@@ -162,6 +172,12 @@ func Decide(o Observation) Decision {
 		if runningPrimary {
 			if o.LeaseValid {
 				return Decision{Action: ActNone, Reason: "consul unreachable; lease still valid, staying primary"}
+			}
+			if o.Now.Before(o.FailsafeUntil) {
+				return Decision{Action: ActNone, Reason: "consul unreachable; failsafe mode: every member of the group confirmed, staying primary"}
+			}
+			if o.FailsafeWhy != "" {
+				return Decision{Action: ActDemote, Immediate: true, Reason: "demoting: lease expired and Consul unreachable; failsafe refused: " + o.FailsafeWhy}
 			}
 			return Decision{Action: ActDemote, Immediate: true, Reason: "demoting: lease expired and Consul unreachable"}
 		}
@@ -330,7 +346,11 @@ func othersDecision(o Observation) Decision {
 		return Decision{Action: ActFollow, Target: leader.Member, Reason: "following leader " + leader.Member}
 	}
 
-	// Rule 6: no leader.
+	// Rule 6: no leader. A member that answered a failsafe request does not
+	// race while its promise lasts: that leader may still be writable.
+	if o.PromisedTo != "" && o.PromisedTo != o.Member && o.Now.Before(o.PromisedUntil) && !runningPrimary {
+		return Decision{Action: ActNone, Reason: fmt.Sprintf("no leader in Consul, but %s asked for failsafe and this member promised not to take over until %s: not racing", o.PromisedTo, o.PromisedUntil.UTC().Format(time.RFC3339))}
+	}
 	if o.Paused {
 		if runningPrimary {
 			return Decision{Action: ActAcquire, Reason: "paused, no leader and running as primary: taking the lock"}

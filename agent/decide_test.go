@@ -87,6 +87,35 @@ func TestDecide(t *testing.T) {
 		{name: "consul down, primary with valid lease keeps writing", o: obs(func(o *Observation) { asLeader(o); o.ConsulOK = false; o.Group = nil }), want: ActNone, reason: "lease still valid"},
 		{name: "consul down, lease expired: primary demotes at once", o: obs(func(o *Observation) { asLeader(o); o.ConsulOK = false; o.Group = nil; o.LeaseValid = false }), want: ActDemote, immediate: true, reason: "lease expired"},
 		{name: "consul down, replica stays as it is", o: obs(func(o *Observation) { o.ConsulOK = false; o.Group = nil; o.LeaseValid = false }), want: ActNone},
+		// Rule 1 with failsafe mode (failsafe.go).
+		{name: "consul down, lease expired, every member confirmed failsafe: primary stays", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.ConsulOK, o.Group, o.LeaseValid = false, nil, false
+			o.FailsafeUntil = t0.Add(time.Second)
+		}), want: ActNone, reason: "every member of the group confirmed"},
+		{name: "consul down, lease expired, failsafe hold ended: primary demotes", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.ConsulOK, o.Group, o.LeaseValid = false, nil, false
+			o.FailsafeUntil = t0
+		}), want: ActDemote, immediate: true, reason: "lease expired"},
+		{name: "consul down, lease expired, a member refused failsafe: primary demotes and says who", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.ConsulOK, o.Group, o.LeaseValid = false, nil, false
+			o.FailsafeWhy = "c: 409 consul is reachable from c"
+		}), want: ActDemote, immediate: true, reason: "failsafe refused: c: 409"},
+		{name: "consul down, replica with a failsafe promise still never promotes", o: obs(func(o *Observation) {
+			o.ConsulOK, o.Group, o.LeaseValid = false, nil, false
+			o.PromisedTo, o.PromisedUntil = "a", t0.Add(time.Second)
+		}), want: ActNone},
+		// Rule 6 with a failsafe promise: no race while it lasts.
+		{name: "no leader in Consul but promised failsafe to a: not racing", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.PromisedTo, o.PromisedUntil = "a", t0.Add(time.Second)
+		}), want: ActNone, reason: "promised not to take over"},
+		{name: "no leader, failsafe promise ended: races as usual", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.PromisedTo, o.PromisedUntil = "a", t0
+		}), want: ActAcquire},
 		// Rule 2: no data dir.
 		{name: "fresh group: race initialize", o: obs(func(o *Observation) {
 			o.Local = Local{}

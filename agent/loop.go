@@ -85,6 +85,7 @@ func (a *Agent) afterAct(ctx context.Context, o Observation) {
 func (a *Agent) observe(ctx context.Context) Observation {
 	o := Observation{Member: a.cfg.Name, Tags: a.cfg.MemberTags(), ConsulOK: true}
 	a.refreshConfig(ctx)
+	a.failsafe.configure(a.dyn.FailsafeMode, a.dyn.TTL.D(), nil)
 	o.Config = a.dyn
 	o.Paused = a.dyn.GroupPaused(a.cfg.Group)
 
@@ -131,6 +132,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 				leaderSession = g.Leader.Session
 			}
 			a.lock.Resolve(ctx, leaderSession)
+			a.failsafe.configure(a.dyn.FailsafeMode, a.dyn.TTL.D(), g)
 			o.Group = g
 			a.lastGroup = g
 			a.lastGroupView.Store(g)
@@ -150,6 +152,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	o.Now = time.Now()
 	o.LeaseValid = a.lock.LeaseValid(o.Now)
 	o.Local = a.observeLocal(ctx)
+	a.observeFailsafe(ctx, &o)
 	holds := o.Group != nil && o.Group.Leader != nil && o.Session != "" && o.Group.Leader.Session == o.Session
 	switch {
 	case !holds || o.Local.Running:
@@ -418,7 +421,13 @@ func (a *Agent) publish(ctx context.Context, o Observation, d Decision) {
 		holds = *a.iAmLeaderNow
 		a.iAmLeaderNow = nil
 	}
-	leaseOK := a.lock.LeaseValid(now)
+	if !o.ConsulOK && o.Group == nil && a.iAmLeaderNow == nil && (d.Action == ActNone || d.Action == ActKeepLeader) {
+		// Consul did not answer: nothing says the lock changed hands, so
+		// the leader stays the leader for as long as its lease (or a
+		// failsafe hold) lasts, and keeps answering /primary meanwhile.
+		holds = a.State().IsLeader
+	}
+	leaseOK := a.leaseValid(now)
 	role := consulkv.RoleUnknown
 	state := "stopped"
 	if local.Running {

@@ -407,6 +407,12 @@ type ClusterConfig struct {
 	// can take over (Patroni's master_start_timeout). Unset: 300s; 0: at
 	// once, trading a few unreplicated commits (async) for availability.
 	PrimaryStartTimeout *Duration `json:"primary_start_timeout,omitempty"`
+	// FailsafeMode (Patroni's failsafe_mode): a leader that cannot reach
+	// Consul keeps running as primary while every other member of its
+	// group confirms over the REST API (POST /failsafe) that it cannot
+	// reach Consul either and will not take over; without it the leader
+	// demotes when its lease runs out.
+	FailsafeMode bool `json:"failsafe_mode,omitempty"`
 }
 
 // DefaultPrimaryStartTimeout applies when primary_start_timeout is unset.

@@ -66,8 +66,7 @@ type MemberState struct {
 	LeaseKnown bool
 	LeaseUntil time.Time
 	// FailsafeActive: the leader keeps running without Consul because every
-	// member of its group confirmed it (failsafe mode; not built yet, so
-	// always false).
+	// other member of its group confirmed it (failsafe mode).
 	FailsafeActive bool
 }
 

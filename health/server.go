@@ -125,6 +125,7 @@ func NewServer(ctl Controller, o Options) *Server {
 		http.MethodPost:   s.handleSwitchover,
 		http.MethodDelete: s.handleCancelSwitchover,
 	}}
+	s.routes["/failsafe"] = &route{read: s.handleGetFailsafe, write: map[string]http.HandlerFunc{http.MethodPost: s.handlePostFailsafe}}
 	s.routes["/failover"] = &route{write: map[string]http.HandlerFunc{http.MethodPost: s.handleFailover}}
 	s.routes["/restart"] = &route{write: map[string]http.HandlerFunc{http.MethodPost: s.handleRestart}}
 	s.routes["/reload"] = &route{write: map[string]http.HandlerFunc{http.MethodPost: s.handleReload}}

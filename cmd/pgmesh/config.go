@@ -82,7 +82,7 @@ func configYAML(c consulkv.ClusterConfig) string {
 
 // settableKeys are the keys `config set` takes; pause state has its own
 // commands because they also know how to wait for the agents.
-var settableKeys = []string{"ttl", "loop_wait", "retry_timeout", "lock_delay", "maximum_lag_on_failover", "primary_start_timeout", "parameters.<name>"}
+var settableKeys = []string{"ttl", "loop_wait", "retry_timeout", "lock_delay", "maximum_lag_on_failover", "primary_start_timeout", "failsafe_mode", "parameters.<name>"}
 
 // applySet applies key=value assignments to cfg. An empty value (or
 // "null") for parameters.<name> removes the parameter.
@@ -131,6 +131,13 @@ func applySet(cfg *consulkv.ClusterConfig, args []string) error {
 				return fmt.Errorf("maximum_lag_on_failover: %v", err)
 			}
 			cfg.MaximumLagOnFailover = n
+			continue
+		case "failsafe_mode":
+			b, err := strconv.ParseBool(val)
+			if err != nil {
+				return fmt.Errorf("failsafe_mode: %q is not true or false", val)
+			}
+			cfg.FailsafeMode = b
 			continue
 		case "pause", "paused_groups":
 			return fmt.Errorf("%s: use `pgmesh pause` / `pgmesh resume`", key)

@@ -22,11 +22,11 @@ func TestApplySet(t *testing.T) {
 	cfg := baseConfig()
 	orig := baseConfig()
 	err := applySet(&cfg, []string{"ttl=30s", "loop_wait=1", "lock_delay=0", "maximum_lag_on_failover=16MB",
-		"parameters.max_connections=200", "parameters.work_mem="})
+		"parameters.max_connections=200", "parameters.work_mem=", "failsafe_mode=true"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.TTL.D() != 30*time.Second || cfg.LoopWait.D() != time.Second || cfg.MaximumLagOnFailover != 16<<20 {
+	if cfg.TTL.D() != 30*time.Second || cfg.LoopWait.D() != time.Second || cfg.MaximumLagOnFailover != 16<<20 || !cfg.FailsafeMode {
 		t.Errorf("applied: %+v", cfg)
 	}
 	if !reflect.DeepEqual(cfg.Parameters, map[string]string{"max_connections": "200"}) {
@@ -42,6 +42,7 @@ func TestApplySet(t *testing.T) {
 		{"pause=true", "pgmesh pause"},
 		{"max_connections=10", `unknown key "max_connections"`},
 		{"maximum_lag_on_failover=lots", "maximum_lag_on_failover"},
+		{"failsafe_mode=maybe", `failsafe_mode: "maybe" is not true or false`},
 	} {
 		c := baseConfig()
 		err := applySet(&c, []string{bad.arg})
