@@ -242,6 +242,9 @@ func (a *Agent) observeFailsafe(ctx context.Context, o *Observation) {
 	}
 	until, why := a.failsafeRound(ctx, o.Local.Timeline)
 	had := o.Now.Before(a.failsafe.holdUntil())
+	// The round took up to failsafeAskTimeout: judge the lease as of now.
+	o.Now = time.Now()
+	o.LeaseValid = a.lock.LeaseValid(o.Now)
 	if why != "" {
 		o.FailsafeWhy = why
 		a.failsafe.setHold(time.Time{})
