@@ -2,9 +2,11 @@ package test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -37,7 +39,13 @@ var falseFailoverProfiles = map[string]func(*testbed.AgentSpec){
 // and the Consul servers' raft leader killed (an election). Each host is a
 // host (its own Consul client agent, testbed.Host). After each fault the
 // leader must be the same member, writable, and no two members may ever
-// have been writable at once. Last, the leader host's client agent is
+// have been writable at once. Two faults stand for a sick but working host:
+// the leader's disk made slow (every fsync, fdatasync and sync_file_range of
+// its PostgreSQL delayed 300ms through an LD_PRELOAD shim, with fsync turned
+// on for the fault since the testbed runs with fsync off) and the leader's
+// agent under GC pressure (PGMESH_FAULT_GC: garbage at 256 MB/s over a
+// 128 MB pointer-rich live heap at GOGC 25), each held 9s under the write
+// load. Last, the leader host's client agent is
 // stopped with Consul's client default (SIGTERM leaves the cluster): that
 // deregisters the node and ends its sessions, a failover pgmesh cannot
 // prevent, so the test checks that it happens cleanly and that the agent
@@ -57,11 +65,24 @@ func TestNoFalseFailovers(t *testing.T) {
 		fmt.Sscan(v, &reps)
 	}
 	cl := testbed.StartConsulCluster(t, testbed.ConsulOptions{})
+	// Both members carry the slow-disk shim and the GC fault point, each
+	// switched on by its own control file, because which one leads is only
+	// known later.
+	disk := testbed.NewSlowDisk(t, 300*time.Millisecond)
+	ctl := testbed.OwnedDir(t)
+	gcFile := func(m string) string { return filepath.Join(ctl, "gc-"+m) }
+	t.Cleanup(func() {
+		for _, m := range []string{"nf-a", "nf-b"} {
+			disk.Off(m)
+			os.Remove(gcFile(m))
+		}
+	})
 	hosts := map[string]*testbed.Host{}
 	g := &group{t: t, name: "nf", members: map[string]*testbed.Agent{}}
 	for _, m := range []string{"nf-a", "nf-b"} {
 		spec := testbed.AgentSpec{Cluster: "itest", Group: "nf", Name: m,
 			TTL: consulkv.DefaultTTL, LoopWait: consulkv.DefaultLoopWait, RetryTimeout: consulkv.DefaultRetryTimeout}
+		spec.Env = append(disk.Env(m), "PGMESH_FAULT_GC=file="+gcFile(m)+",mbps=256,live=128,gogc=25")
 		tweak(&spec)
 		hosts[m] = testbed.StartHost(t, cl, spec)
 		g.members[m] = hosts[m].Agent
@@ -92,6 +113,8 @@ func TestNoFalseFailovers(t *testing.T) {
 		name string
 		run  func() error
 	}
+	// detail is what a fault reports for its line (set by its run).
+	detail := ""
 	faults := []fault{
 		{"cpu-hog-both-cores", func() error {
 			// Two busy loops at a higher priority than the agents (nice -5
@@ -137,14 +160,82 @@ func TestNoFalseFailovers(t *testing.T) {
 			readVia()
 			return err
 		}},
+		{"slow-disk-leader-9s", func() error {
+			// The testbed runs PostgreSQL with fsync off, which would make
+			// a delayed fsync moot: the leader syncs for real during the
+			// fault (ALTER SYSTEM overrides pgmesh's managed file; reset
+			// after). Every commit then waits for a delayed fdatasync.
+			a := g.members[leader]
+			for _, sql := range []string{"ALTER SYSTEM SET fsync = on", "SELECT pg_reload_conf()"} {
+				if err := a.Exec(context.Background(), sql); err != nil {
+					return fmt.Errorf("%s: %v", sql, err)
+				}
+			}
+			before := disk.Hits(leader)
+			if err := disk.On(leader); err != nil {
+				return err
+			}
+			time.Sleep(9 * time.Second)
+			if err := disk.Off(leader); err != nil {
+				return err
+			}
+			hits := disk.Hits(leader) - before
+			detail = fmt.Sprintf("%d delayed syncs", hits)
+			for _, sql := range []string{"ALTER SYSTEM RESET fsync", "SELECT pg_reload_conf()"} {
+				if err := a.Exec(context.Background(), sql); err != nil {
+					return fmt.Errorf("%s: %v", sql, err)
+				}
+			}
+			if hits == 0 {
+				return fmt.Errorf("the shim delayed no sync call: the fault did not reach PostgreSQL")
+			}
+			return nil
+		}},
+		{"gc-pressure-leader-agent-9s", func() error {
+			a := g.members[leader]
+			seen := strings.Count(a.Log(), "GC pressure off")
+			if err := os.WriteFile(gcFile(leader), nil, 0o644); err != nil {
+				return err
+			}
+			time.Sleep(9 * time.Second)
+			if err := os.Remove(gcFile(leader)); err != nil {
+				return err
+			}
+			// The agent logs the episode's GC figures when it notices the
+			// file is gone (it looks every 100ms).
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				if log := a.Log(); strings.Count(log, "GC pressure off") > seen {
+					detail = gcFigures(lastLineWith(log, "GC pressure off"))
+					return nil
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("%s never logged the end of its GC pressure: the fault point did not run", leader)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}},
 	}
 
 	w := g.startWriter("nf")
 	s := g.startSampler()
+	// faultGap is the longest gap between acknowledged writes since its
+	// last call (the fault's own figure); overallGap keeps the maximum.
+	var overallGap time.Duration
+	faultGap := func() time.Duration {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		gap := w.maxGap
+		overallGap = max(overallGap, gap)
+		w.maxGap = 0
+		return gap
+	}
 	var report []string
 	failovers := 0
 	for rep := 0; rep < reps; rep++ {
 		for _, f := range faults {
+			faultGap()
+			detail = ""
 			start := time.Now()
 			if err := f.run(); err != nil {
 				t.Fatalf("%s: %v", f.name, err)
@@ -170,7 +261,10 @@ func TestNoFalseFailovers(t *testing.T) {
 				}
 				time.Sleep(200 * time.Millisecond)
 			}
-			line := fmt.Sprintf("%-30s leader %s -> %s (%.1fs)", f.name, leader, after, time.Since(start).Seconds())
+			line := fmt.Sprintf("%-30s leader %s -> %s (%.1fs)  longest write gap %s", f.name, leader, after, time.Since(start).Seconds(), faultGap().Round(time.Millisecond))
+			if detail != "" {
+				line += "  [" + detail + "]"
+			}
 			if after != leader {
 				failovers++
 				line += "  UNNEEDED FAILOVER"
@@ -195,6 +289,7 @@ func TestNoFalseFailovers(t *testing.T) {
 	leader = moved
 	g.waitHealthy(120 * time.Second)
 	acked, maxGap := w.finish()
+	maxGap = max(maxGap, overallGap)
 	overlaps, maxBoth := s.finish()
 	t.Logf("profile %s, %d rep(s):\n%s\nwrites acknowledged %d, longest write gap %s, dual-writable samples %d (longest %s)",
 		profile, reps, strings.Join(report, "\n"), len(acked), maxGap.Round(time.Millisecond), len(overlaps), maxBoth)
@@ -210,4 +305,34 @@ func TestNoFalseFailovers(t *testing.T) {
 			t.Errorf("%d acknowledged writes missing without a failover", len(missing))
 		}
 	}
+}
+
+// gcFigures picks the figures out of the agent's "GC pressure off" log
+// line (zap logs durations in seconds).
+func gcFigures(line string) string {
+	var f struct {
+		Allocated int     `json:"allocated_mb"`
+		Cycles    int     `json:"gc_cycles"`
+		PauseMax  float64 `json:"gc_pause_max"`
+		CPU       float64 `json:"gc_cpu_seconds"`
+		Held      float64 `json:"held"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(line)), &f); err != nil {
+		return "unparsed: " + line
+	}
+	return fmt.Sprintf("%d MB garbage, %d GC cycles, longest pause %.1fms, GC CPU %.1fs in %.1fs", f.Allocated, f.Cycles, f.PauseMax*1000, f.CPU, f.Held)
+}
+
+// lastLineWith is the last line of text that contains s.
+func lastLineWith(text, s string) string {
+	i := strings.LastIndex(text, s)
+	if i < 0 {
+		return ""
+	}
+	start := strings.LastIndex(text[:i], "\n") + 1
+	end := len(text)
+	if j := strings.Index(text[i:], "\n"); j >= 0 {
+		end = i + j
+	}
+	return text[start:end]
 }
