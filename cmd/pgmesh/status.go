@@ -44,6 +44,9 @@ type statusDoc struct {
 	Groups      []groupStatus `json:"groups" yaml:"groups"`
 	Replication []replLink    `json:"replication,omitempty" yaml:"replication,omitempty"`
 	Problems    []string      `json:"problems" yaml:"problems"`
+	// DetectionGoal is --detection-goal: members whose worst-case
+	// detection estimate exceeds it are warned about (absent: off).
+	DetectionGoal float64 `json:"detection_goal_seconds,omitempty" yaml:"detection_goal_seconds,omitempty"`
 }
 
 // replLink is one subscription between groups, as its subscriber's leader
@@ -141,6 +144,9 @@ type groupStatus struct {
 	Members  []memberStatus `json:"members" yaml:"members"`
 	Pending  *pendingSwitch `json:"pending_switchover,omitempty" yaml:"pending_switchover,omitempty"`
 	Problems []string       `json:"problems,omitempty" yaml:"problems,omitempty"`
+	// DetectionWarnings name the members whose dead host would be noticed
+	// more slowly than --detection-goal, with the fix.
+	DetectionWarnings []string `json:"detection_warnings,omitempty" yaml:"detection_warnings,omitempty"`
 }
 
 type memberStatus struct {
@@ -162,8 +168,17 @@ type memberStatus struct {
 	ConfigProblem string `json:"config_problem,omitempty" yaml:"config_problem,omitempty"`
 	// SessionChecks are the health checks the member's Consul session is
 	// tied to (none: the session ends only when its TTL runs out).
-	SessionChecks []string  `json:"session_checks,omitempty" yaml:"session_checks,omitempty"`
-	Updated       time.Time `json:"updated_at" yaml:"updated_at"`
+	SessionChecks []string `json:"session_checks,omitempty" yaml:"session_checks,omitempty"`
+	// DetectionVia is what notices the member's host dying: serfHealth or
+	// session_ttl. DetectionTypical and DetectionEstimate (the worst case)
+	// are the seconds until a successor may take the lock, lock-delay
+	// included (see estimateDetection).
+	DetectionVia      string    `json:"detection_via" yaml:"detection_via"`
+	DetectionTypical  float64   `json:"detection_typical_seconds" yaml:"detection_typical_seconds"`
+	DetectionEstimate float64   `json:"detection_estimate_seconds" yaml:"detection_estimate_seconds"`
+	Updated           time.Time `json:"updated_at" yaml:"updated_at"`
+
+	detection *detection
 }
 
 type pendingSwitch struct {
@@ -184,9 +199,10 @@ func formatLSN(l uint64) string {
 }
 
 // buildStatus turns one consistent read of the cluster into the status
-// document. It is pure so the table can be tested without Consul.
-func buildStatus(cluster string, v *consulkv.ClusterView, only string) statusDoc {
-	doc := statusDoc{Cluster: cluster, Groups: []groupStatus{}, Problems: []string{}}
+// document. It is pure so the table can be tested without Consul. goal is
+// --detection-goal (0: no detection warnings).
+func buildStatus(cluster string, v *consulkv.ClusterView, only string, goal time.Duration) statusDoc {
+	doc := statusDoc{Cluster: cluster, Groups: []groupStatus{}, Problems: []string{}, DetectionGoal: seconds(max(goal, 0))}
 	var cfg consulkv.ClusterConfig
 	if v.Config != nil {
 		cfg = *v.Config
@@ -203,7 +219,9 @@ func buildStatus(cluster string, v *consulkv.ClusterView, only string) statusDoc
 		if only != "" && name != only {
 			continue
 		}
-		doc.Groups = append(doc.Groups, buildGroup(v.Groups[name], cfg.GroupPaused(name)))
+		gs := buildGroup(v.Groups[name], cfg)
+		gs.DetectionWarnings = detectionWarnings(gs, goal)
+		doc.Groups = append(doc.Groups, gs)
 	}
 	for _, l := range buildReplication(v, time.Now()) {
 		if only == "" || l.From == only || l.To == only {
@@ -213,8 +231,8 @@ func buildStatus(cluster string, v *consulkv.ClusterView, only string) statusDoc
 	return doc
 }
 
-func buildGroup(g *consulkv.GroupView, paused bool) groupStatus {
-	gs := groupStatus{Name: g.Name, Paused: paused, Members: []memberStatus{}}
+func buildGroup(g *consulkv.GroupView, cfg consulkv.ClusterConfig) groupStatus {
+	gs := groupStatus{Name: g.Name, Paused: cfg.GroupPaused(g.Name), Members: []memberStatus{}}
 	leader := leaderName(g)
 	gs.Leader = leader
 	if g.Initialize != nil {
@@ -240,11 +258,17 @@ func buildGroup(g *consulkv.GroupView, paused bool) groupStatus {
 	}
 	for _, n := range g.MemberNames() {
 		m := g.Members[n]
+		if m == nil {
+			continue // no member key: nothing to show
+		}
+		est := estimateDetection(cfg, m.SessionChecks)
 		ms := memberStatus{
 			Name: n, Host: m.Host, Port: m.Port, State: m.State, Timeline: m.Timeline,
 			WriteLSN: formatLSN(m.WriteLSN), ReceiveLSN: formatLSN(m.ReceiveLSN), ReplayLSN: formatLSN(m.ReplayLSN),
 			Tags: tagMap(m.Tags), APIURL: m.APIURL, Message: m.Message, ConfigProblem: m.ConfigProblem, Updated: m.UpdatedAt,
 			SessionChecks: m.SessionChecks,
+			DetectionVia:  est.Via, DetectionTypical: seconds(est.Typical), DetectionEstimate: seconds(est.Worst),
+			detection: &est,
 		}
 		switch {
 		case n == leader:
@@ -405,32 +429,6 @@ func renderStatus(w io.Writer, doc statusDoc) {
 	}
 }
 
-// detectionLine says how each member's failure is detected: a session tied
-// to health checks ends as soon as one goes critical, a TTL-only session up
-// to twice its TTL after the member's last renew.
-func detectionLine(g groupStatus) string {
-	by := map[string][]string{}
-	var order []string
-	for _, m := range g.Members {
-		how := "session TTL only"
-		if len(m.SessionChecks) > 0 {
-			how = "session tied to " + strings.Join(m.SessionChecks, ", ")
-		}
-		if _, ok := by[how]; !ok {
-			order = append(order, how)
-		}
-		by[how] = append(by[how], m.Name)
-	}
-	if len(order) == 0 {
-		return ""
-	}
-	parts := make([]string, 0, len(order))
-	for _, how := range order {
-		parts = append(parts, how+" ("+strings.Join(by[how], ", ")+")")
-	}
-	return "Failure detection: " + strings.Join(parts, "; ")
-}
-
 // writeTrimmed drops the padding tabwriter leaves after the last non-empty
 // cell, so copied output and golden comparisons carry no trailing blanks.
 func writeTrimmed(w io.Writer, s string) {
@@ -478,6 +476,7 @@ func footer(doc statusDoc) []string {
 				out = append(out, fmt.Sprintf("%s pending in group %s%s to %s (requested %s).", what, g.Name, from, to, p.RequestedAt.Local().Format(time.RFC3339)))
 			}
 		}
+		out = append(out, g.DetectionWarnings...)
 		for _, p := range g.Problems {
 			out = append(out, "Consul problem: "+p)
 		}
@@ -526,6 +525,8 @@ func statusCommand() *cli.Command {
 			groupFlag("show only this group"),
 			outputFlag("table, json or yaml"),
 			&cli.IntFlag{Name: "watch", Aliases: []string{"w"}, Usage: "refresh every `N` seconds until Ctrl-C"},
+			&cli.DurationFlag{Name: "detection-goal", Value: defaultDetectionGoal, EnvVars: []string{"PGMESH_DETECTION_GOAL"},
+				Usage: "warn about members whose dead host may take longer than `DURATION` to be noticed and free the lock (0: no warning)"},
 		}, connFlags()...),
 		Action: runStatus,
 	}
@@ -541,6 +542,10 @@ func runStatus(c *cli.Context) error {
 	if c.Int("watch") < 0 {
 		return usageErr("status: --watch must be a positive number of seconds")
 	}
+	goal := c.Duration("detection-goal")
+	if goal < 0 {
+		return usageErr("status: --detection-goal must not be negative (0 turns the warning off)")
+	}
 	s, err := newOpConn(c)
 	if err != nil {
 		return err
@@ -554,7 +559,7 @@ func runStatus(c *cli.Context) error {
 		if group != "" && v.Groups[group] == nil {
 			return failErr("group %q not found in cluster %q (groups: %s)", group, s.cluster, strings.Join(v.GroupNames(), ", "))
 		}
-		doc := buildStatus(s.cluster, v, group)
+		doc := buildStatus(s.cluster, v, group, goal)
 		if format == "table" {
 			renderStatus(s.out, doc)
 			return nil

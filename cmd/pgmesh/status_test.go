@@ -53,7 +53,7 @@ func testView() *consulkv.ClusterView {
 }
 
 func TestBuildStatusRolesAndLag(t *testing.T) {
-	doc := buildStatus("prod", testView(), "")
+	doc := buildStatus("prod", testView(), "", defaultDetectionGoal)
 	if len(doc.Groups) != 2 || doc.Groups[0].Name != "g1" {
 		t.Fatalf("groups: %+v", doc.Groups)
 	}
@@ -93,7 +93,7 @@ func TestRenderStatusTable(t *testing.T) {
 	var b bytes.Buffer
 	v := testView()
 	v.Groups["g1"].Members["n3"].SessionChecks = []string{"serfHealth", "liveness"}
-	renderStatus(&b, buildStatus("prod", v, ""))
+	renderStatus(&b, buildStatus("prod", v, "", defaultDetectionGoal))
 	out := b.String()
 	t.Log("\n" + out)
 	lines := strings.Split(out, "\n")
@@ -106,7 +106,16 @@ func TestRenderStatusTable(t *testing.T) {
 		"Switchover scheduled in group g1 from n1 to n3 at ",
 		"Group g2 is paused",
 		"Group g2 has no leader.",
-		"Failure detection: session TTL only (n1, n2, n4); session tied to serfHealth, liveness (n3)",
+		"Failure detection (dead host until a successor may take the lock): session TTL only (n1, n2, n4) ~18.7s, worst 20s; " +
+			"session tied to node check serfHealth + service check liveness (n3) ~7.6s, worst 10.6s",
+		"Failure detection (dead host until a successor may take the lock): session TTL only (m1) ~18.7s, worst 20s",
+		"Slow failure detection in group g1: n1, n2, n4 (session TTL only) may take up to 20s to be noticed dead and free the lock, goal 8.8s: " +
+			"run a Consul client agent on each host so sessions are tied to serfHealth (automatic when consul.session_checks is unset), " +
+			"or lower ttl (Consul's session_ttl_min must allow ttl/2).",
+		"Slow failure detection in group g1: n3 (session tied to node check serfHealth + service check liveness) may take up to 10.6s " +
+			"to be noticed dead and free the lock, goal 8.8s: serf alone takes up to 8.6s to call a host dead with Consul's default gossip, " +
+			"then lock_delay 2s; only tuning Consul's gossip_lan shortens that.",
+		"Slow failure detection in group g2: m1 (session TTL only)",
 		`Consul problem: key "pgmesh/prod/groups/g2/members/x": invalid JSON: unexpected EOF`,
 	} {
 		if !strings.Contains(out, want) {
@@ -153,7 +162,7 @@ func TestRenderStatusTable(t *testing.T) {
 }
 
 func TestStatusMachineReadable(t *testing.T) {
-	doc := buildStatus("prod", testView(), "g1")
+	doc := buildStatus("prod", testView(), "g1", defaultDetectionGoal)
 	var b bytes.Buffer
 	if err := writeDoc(&b, "json", doc); err != nil {
 		t.Fatal(err)
