@@ -15,6 +15,9 @@ func TestEstimateDetection(t *testing.T) {
 	with := func(ttl, lockDelay time.Duration) consulkv.ClusterConfig {
 		return consulkv.ClusterConfig{Version: 1, TTL: consulkv.Duration(ttl), LockDelay: consulkv.Duration(lockDelay)}
 	}
+	// The lock-delay a session tied to checks gets with lock_delay 0.
+	auto := consulkv.DefaultChecksLockDelay
+	ms := time.Millisecond
 	for _, tc := range []struct {
 		name           string
 		cfg            consulkv.ClusterConfig
@@ -22,32 +25,32 @@ func TestEstimateDetection(t *testing.T) {
 		tie, via       string
 		blind          bool
 		lockDelay      time.Duration
-		typical, worst string // rounded as shown
+		typical, worst time.Duration // compared as shown, to 0.1s
 	}{
 		// ttl 20s: session TTL 10s, freed up to 20s after the last renew.
-		{"defaults, TTL only", def, nil, "session TTL only", viaTTL, false, 0, "18.7s", "20s"},
-		{"empty list is TTL only", def, []string{}, "session TTL only", viaTTL, false, 0, "18.7s", "20s"},
-		// serf 5.6s / 8.55s, then the automatic lock-delay of 2s.
-		{"serfHealth, automatic lock-delay", def, []string{"serfHealth"}, "session tied to node check serfHealth", viaSerf, false, 2 * time.Second, "7.6s", "10.6s"},
-		{"serfHealth + liveness", def, []string{"serfHealth", "liveness"}, "session tied to node check serfHealth + service check liveness", viaSerf, false, 2 * time.Second, "7.6s", "10.6s"},
-		{"serfHealth, lock_delay 7.5s", with(20*time.Second, 7500*time.Millisecond), []string{"serfHealth"}, "session tied to node check serfHealth", viaSerf, false, 7500 * time.Millisecond, "13.1s", "16.1s"},
+		{"defaults, TTL only", def, nil, "session TTL only", viaTTL, false, 0, 18700 * ms, 20 * time.Second},
+		{"empty list is TTL only", def, []string{}, "session TTL only", viaTTL, false, 0, 18700 * ms, 20 * time.Second},
+		// serf 5.6s / 8.55s, then the automatic lock-delay.
+		{"serfHealth, automatic lock-delay", def, []string{"serfHealth"}, "session tied to node check serfHealth", viaSerf, false, auto, 5600*ms + auto, 8550*ms + auto},
+		{"serfHealth + liveness", def, []string{"serfHealth", "liveness"}, "session tied to node check serfHealth + service check liveness", viaSerf, false, auto, 5600*ms + auto, 8550*ms + auto},
+		{"serfHealth, lock_delay 7.5s", with(20*time.Second, 7500*ms), []string{"serfHealth"}, "session tied to node check serfHealth", viaSerf, false, 7500 * ms, 13100 * ms, 16050 * ms},
 		// liveness dies with the host: the TTL frees the session, then the
 		// checks' lock-delay.
-		{"liveness alone", def, []string{"liveness"}, "session tied to service check liveness, dead host noticed by TTL", viaTTL, true, 2 * time.Second, "20.7s", "22s"},
-		{"custom node check", def, []string{"disk"}, "session tied to node check disk, dead host noticed by TTL", viaTTL, true, 2 * time.Second, "20.7s", "22s"},
-		{"two node checks", def, []string{"serfHealth", "disk"}, "session tied to node checks serfHealth, disk", viaSerf, false, 2 * time.Second, "7.6s", "10.6s"},
+		{"liveness alone", def, []string{"liveness"}, "session tied to service check liveness, dead host noticed by TTL", viaTTL, true, auto, 18700*ms + auto, 20*time.Second + auto},
+		{"custom node check", def, []string{"disk"}, "session tied to node check disk, dead host noticed by TTL", viaTTL, true, auto, 18700*ms + auto, 20*time.Second + auto},
+		{"two node checks", def, []string{"serfHealth", "disk"}, "session tied to node checks serfHealth, disk", viaSerf, false, auto, 5600*ms + auto, 8550*ms + auto},
 		// The fast profile: session TTL 2s, lock_delay 1s.
-		{"ttl 4s, lock_delay 1s", with(4*time.Second, time.Second), nil, "session TTL only", viaTTL, false, time.Second, "4.7s", "5s"},
+		{"ttl 4s, lock_delay 1s", with(4*time.Second, time.Second), nil, "session TTL only", viaTTL, false, time.Second, 4740 * ms, 5 * time.Second},
 		// The session TTL is at least 1s.
-		{"ttl 1s", with(time.Second, 0), nil, "session TTL only", viaTTL, false, 0, "1.9s", "2s"},
+		{"ttl 1s", with(time.Second, 0), nil, "session TTL only", viaTTL, false, 0, 1870 * ms, 2 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := estimateDetection(tc.cfg, tc.checks)
 			if d.Tie != tc.tie || d.Via != tc.via || d.Blind != tc.blind || d.LockDelay != tc.lockDelay {
 				t.Errorf("got tie %q via %s blind %v lock-delay %s, want %q %s %v %s", d.Tie, d.Via, d.Blind, d.LockDelay, tc.tie, tc.via, tc.blind, tc.lockDelay)
 			}
-			if fmtDur(d.Typical) != tc.typical || fmtDur(d.Worst) != tc.worst {
-				t.Errorf("estimate ~%s worst %s, want ~%s worst %s", fmtDur(d.Typical), fmtDur(d.Worst), tc.typical, tc.worst)
+			if fmtDur(d.Typical) != fmtDur(tc.typical) || fmtDur(d.Worst) != fmtDur(tc.worst) {
+				t.Errorf("estimate ~%s worst %s, want ~%s worst %s", fmtDur(d.Typical), fmtDur(d.Worst), fmtDur(tc.typical), fmtDur(tc.worst))
 			}
 			if d.Typical > d.Worst {
 				t.Errorf("typical %s above worst %s", d.Typical, d.Worst)
@@ -58,6 +61,7 @@ func TestEstimateDetection(t *testing.T) {
 
 func TestDetectionWarnings(t *testing.T) {
 	def := consulkv.ClusterConfig{Version: 1}
+	auto := consulkv.DefaultChecksLockDelay
 	for _, tc := range []struct {
 		name   string
 		cfg    consulkv.ClusterConfig
@@ -75,10 +79,10 @@ func TestDetectionWarnings(t *testing.T) {
 		{"TTL only with a lock_delay", consulkv.ClusterConfig{Version: 1, LockDelay: consulkv.Duration(3 * time.Second)},
 			map[string][]string{"a": nil}, defaultDetectionGoal, []string{"up to 23s", "or lower ttl (Consul's session_ttl_min must allow ttl/2) and lock_delay (3s now)"}},
 		{"liveness alone cannot see a dead host", def, map[string][]string{"a": {"liveness"}}, defaultDetectionGoal,
-			[]string{"a (session tied to service check liveness, dead host noticed by TTL) may take up to 22s", "add serfHealth to consul.session_checks"}},
+			[]string{"a (session tied to service check liveness, dead host noticed by TTL) may take up to " + fmtDur(20*time.Second+auto), "add serfHealth to consul.session_checks"}},
 		{"serfHealth: only gossip tuning meets 8.8s", def, map[string][]string{"a": {"serfHealth"}}, defaultDetectionGoal,
-			[]string{"a (session tied to node check serfHealth) may take up to 10.6s", "goal 8.8s", "serf alone takes up to 8.6s", "then lock_delay 2s"}},
-		{"serfHealth within a 12s goal", def, map[string][]string{"a": {"serfHealth"}}, 12 * time.Second, nil},
+			[]string{"a (session tied to node check serfHealth) may take up to " + fmtDur(8550*time.Millisecond+auto), "goal 8.8s", "serf alone takes up to 8.6s", "then lock_delay " + fmtDur(auto) + ";"}},
+		{"serfHealth within its worst case", def, map[string][]string{"a": {"serfHealth"}}, 8550*time.Millisecond + auto, nil},
 		{"serfHealth with a long lock_delay", consulkv.ClusterConfig{Version: 1, LockDelay: consulkv.Duration(7500 * time.Millisecond)},
 			map[string][]string{"a": {"serfHealth", "liveness"}}, 10 * time.Second,
 			[]string{"up to 16.1s", "goal 10s: lower lock_delay (7.5s now, at least 1s)."}},
@@ -152,7 +156,7 @@ func TestDetectionInJSON(t *testing.T) {
 			typical, estimate float64
 		}{viaTTL, 18.7, 20}
 		if m.Name == "n3" {
-			want.via, want.typical, want.estimate = viaSerf, 7.6, 10.6
+			want.via, want.typical, want.estimate = viaSerf, seconds(5600*time.Millisecond+consulkv.DefaultChecksLockDelay), seconds(8550*time.Millisecond+consulkv.DefaultChecksLockDelay)
 		}
 		if m.Via != want.via || m.Typical != want.typical || m.Estimate != want.estimate {
 			t.Errorf("%s: via %s ~%v worst %v, want %s ~%v worst %v", m.Name, m.Via, m.Typical, m.Estimate, want.via, want.typical, want.estimate)

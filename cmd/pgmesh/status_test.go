@@ -94,6 +94,7 @@ func TestRenderStatusTable(t *testing.T) {
 	v := testView()
 	v.Groups["g1"].Members["n3"].SessionChecks = []string{"serfHealth", "liveness"}
 	renderStatus(&b, buildStatus("prod", v, "", defaultDetectionGoal))
+	auto := consulkv.DefaultChecksLockDelay // lock_delay 0 with session checks
 	out := b.String()
 	t.Log("\n" + out)
 	lines := strings.Split(out, "\n")
@@ -106,15 +107,16 @@ func TestRenderStatusTable(t *testing.T) {
 		"Switchover scheduled in group g1 from n1 to n3 at ",
 		"Group g2 is paused",
 		"Group g2 has no leader.",
+		// serfHealth: 5.6s typical, 8.55s worst, then the automatic lock-delay.
 		"Failure detection (dead host until a successor may take the lock): session TTL only (n1, n2, n4) ~18.7s, worst 20s; " +
-			"session tied to node check serfHealth + service check liveness (n3) ~7.6s, worst 10.6s",
+			"session tied to node check serfHealth + service check liveness (n3) ~" + fmtDur(5600*time.Millisecond+auto) + ", worst " + fmtDur(8550*time.Millisecond+auto),
 		"Failure detection (dead host until a successor may take the lock): session TTL only (m1) ~18.7s, worst 20s",
 		"Slow failure detection in group g1: n1, n2, n4 (session TTL only) may take up to 20s to be noticed dead and free the lock, goal 8.8s: " +
 			"run a Consul client agent on each host so sessions are tied to serfHealth (automatic when consul.session_checks is unset), " +
 			"or lower ttl (Consul's session_ttl_min must allow ttl/2).",
-		"Slow failure detection in group g1: n3 (session tied to node check serfHealth + service check liveness) may take up to 10.6s " +
-			"to be noticed dead and free the lock, goal 8.8s: serf alone takes up to 8.6s to call a host dead with Consul's default gossip, " +
-			"then lock_delay 2s; only tuning Consul's gossip_lan shortens that.",
+		"Slow failure detection in group g1: n3 (session tied to node check serfHealth + service check liveness) may take up to " + fmtDur(8550*time.Millisecond+auto) +
+			" to be noticed dead and free the lock, goal 8.8s: serf alone takes up to 8.6s to call a host dead with Consul's default gossip, " +
+			"then lock_delay " + fmtDur(auto) + "; only tuning Consul's gossip_lan shortens that.",
 		"Slow failure detection in group g2: m1 (session TTL only)",
 		`Consul problem: key "pgmesh/prod/groups/g2/members/x": invalid JSON: unexpected EOF`,
 	} {
