@@ -28,14 +28,14 @@ func TestAdoptConfig(t *testing.T) {
 	}{
 		{name: "safe config is adopted", stored: &base, member: plain, adopt: true},
 		{name: "lock_delay 0 without session checks is safe", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = 0 }), member: plain, adopt: true},
-		{name: "lock_delay 0 with session checks: not adopted, rule named", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = 0 }), member: checks, problem: "session-checks-lock-delay rule broken for member n1-a"},
-		{name: "0.2s < lock_delay < loop_wait with session checks: not adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(500 * time.Millisecond) }), member: checks, problem: "at least loop_wait + retry_timeout + 0.5s = 3.5s"},
-		{name: "lock_delay just below loop_wait + retry_timeout + 0.5s: not adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(3499 * time.Millisecond) }), member: checks, problem: "session-checks-lock-delay"},
-		{name: "lock_delay exactly loop_wait + retry_timeout + 0.5s: adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(3500 * time.Millisecond) }), member: checks, adopt: true},
-		{name: "raising loop_wait makes the stored lock_delay unsafe", stored: with(func(c *consulkv.ClusterConfig) {
-			c.LockDelay = dur(3500 * time.Millisecond)
+		{name: "lock_delay 0 (automatic) with session checks is adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = 0 }), member: checks, adopt: true},
+		{name: "0 < lock_delay < 1s with session checks: not adopted, rule named", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(500 * time.Millisecond) }), member: checks, problem: "session-checks-lock-delay rule broken for member n1-a: lock_delay 500ms"},
+		{name: "lock_delay just below 1s: not adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(999 * time.Millisecond) }), member: checks, problem: "must be 0 (automatic: 2.5s) or at least 1s"},
+		{name: "lock_delay exactly 1s: adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LockDelay = dur(time.Second) }), member: checks, adopt: true},
+		{name: "lock_delay 1s stays safe whatever loop_wait (the keepalive renews on its own timer)", stored: with(func(c *consulkv.ClusterConfig) {
+			c.LockDelay = dur(time.Second)
 			c.LoopWait = dur(2 * time.Second)
-		}), member: checks, problem: "4.5s"},
+		}), member: checks, adopt: true},
 		{name: "loop_wait beyond the lease: not adopted", stored: with(func(c *consulkv.ClusterConfig) { c.LoopWait = dur(5 * time.Second) }), member: plain, problem: "timing rule broken"},
 		{name: "unreadable config: not adopted, key named", readErr: &consulkv.DecodeError{Key: "pgmesh/c/config", Err: errors.New("invalid JSON")}, member: plain, problem: "pgmesh/c/config"},
 		{name: "Consul unreachable: nothing to adopt, no problem", readErr: consulkv.ErrUnreachable, member: plain},
@@ -53,21 +53,27 @@ func TestAdoptConfig(t *testing.T) {
 	}
 }
 
-// The fence deadline can never be armed non-positive for a config that
-// ValidateFor accepts: with session checks it is lock_delay - 0.2s after
-// the last renew, and lock_delay covers a whole loop plus a slow renew.
-func TestValidatedConfigsGivePositiveFenceDeadlines(t *testing.T) {
+// For every config ValidateFor accepts, the keepalive of a leader whose
+// session is tied to checks renews at least four times within its fence
+// window (lock_delay - 0.2s after the last renew), so one renew that fails
+// or is given up after its interval never fences a healthy primary.
+func TestValidatedConfigsLeaveRenewsInTheFenceWindow(t *testing.T) {
 	for _, lw := range []time.Duration{100 * time.Millisecond, time.Second, 3 * time.Second} {
-		for _, rt := range []time.Duration{100 * time.Millisecond, time.Second, 5 * time.Second} {
-			c := consulkv.ClusterConfig{Version: 1, TTL: dur(60 * time.Second), LoopWait: dur(lw), RetryTimeout: dur(rt)}
-			c.LockDelay = dur(c.SessionChecksLockDelay())
+		for _, ld := range []time.Duration{0, consulkv.MinChecksLockDelay, 1500 * time.Millisecond, 7500 * time.Millisecond, 60 * time.Second} {
+			c := consulkv.ClusterConfig{Version: 1, TTL: dur(60 * time.Second), LoopWait: dur(lw), RetryTimeout: dur(time.Second), LockDelay: dur(ld)}
 			if err := c.ValidateFor([]consulkv.MemberSettings{{Member: "m", SessionChecks: []string{"serfHealth"}}}); err != nil {
-				t.Fatalf("loop_wait %s retry_timeout %s: %v", lw, rt, err)
+				t.Fatalf("loop_wait %s lock_delay %s: %v", lw, ld, err)
 			}
-			// The watchdog is re-armed after at most one loop plus a slow renew.
-			if slack := c.LockDelay.D() - consulkv.FenceMargin - lw - rt; slack <= 0 {
-				t.Fatalf("loop_wait %s retry_timeout %s: fence deadline leaves %s", lw, rt, slack)
+			eff := c.LockDelayFor(true)
+			lease := consulkv.LockOptions{TTL: c.TTL.D()}.LeaseDuration()
+			every := consulkv.KeepaliveInterval(eff, lease, lw, true)
+			window := min(eff-consulkv.FenceMargin, lease)
+			if 4*every > window {
+				t.Fatalf("loop_wait %s lock_delay %s (in force %s): renew every %s, only %.1f renews in the %s fence window", lw, ld, eff, every, float64(window)/float64(every), window)
 			}
 		}
+	}
+	if got := (consulkv.ClusterConfig{}).LockDelayFor(false); got != 0 {
+		t.Errorf("automatic lock_delay of a TTL-only session = %s, want 0", got)
 	}
 }

@@ -114,6 +114,14 @@ type Agent struct {
 	leaderGoneAt   atomic.Int64
 	retryAcquireAt time.Time
 	quickRetries   int
+	// lastLeaderChecks: the last leader seen published session checks (its
+	// session's lock-delay is then the checks' one).
+	lastLeaderChecks bool
+	// autoChecks: the session checks automatic failure detection chose
+	// (nil until the Consul agent said what it is; detection.go).
+	autoChecks atomic.Pointer[[]string]
+	// loopWaitNs mirrors dyn.LoopWait for the leader keepalive.
+	loopWaitNs atomic.Int64
 	// downAsLeaderSince: when PostgreSQL was first seen down while this
 	// member held the lock (primary_start_timeout).
 	downAsLeaderSince time.Time
@@ -279,8 +287,9 @@ func (a *Agent) basicAuth() *health.BasicAuth {
 }
 
 func (a *Agent) lockOptions() consulkv.LockOptions {
-	o := consulkv.LockOptions{TTL: a.dyn.TTL.D(), LockDelay: a.dyn.LockDelay.D()}
-	for _, c := range a.cfg.Consul.SessionChecks {
+	checks := a.sessionChecks()
+	o := consulkv.LockOptions{TTL: a.dyn.TTL.D(), LockDelay: a.dyn.LockDelayFor(len(checks) > 0)}
+	for _, c := range checks {
 		if c == "liveness" {
 			o.ServiceChecks = append(o.ServiceChecks, api.ServiceCheck{ID: a.kv.LivenessCheckID(a.cfg.Group, a.cfg.Name)})
 		} else {
@@ -307,10 +316,11 @@ func (a *Agent) fenceDeadline(now time.Time) time.Duration {
 	return u.Sub(now)
 }
 
-// leaseUntil is when this member must stop acting as leader: its lease, or
-// a failsafe hold that lasts longer.
+// leaseUntil is when this member must stop acting as leader: its lease (the
+// fence deadline of a session tied to checks), or a failsafe hold that
+// lasts longer.
 func (a *Agent) leaseUntil() time.Time {
-	u := a.lock.LeaseUntil()
+	u := a.lock.FenceUntil()
 	if h := a.failsafe.holdUntil(); h.After(u) {
 		u = h
 	}
@@ -476,6 +486,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	fenceCtx, stopFence := context.WithCancel(context.Background())
 	defer stopFence()
 	go a.leaseFence(fenceCtx)
+	go a.leaderKeepalive(fenceCtx)
 
 	for {
 		err := a.runOnce(ctx)
@@ -535,7 +546,9 @@ func (a *Agent) scheduleAcquireRetry(now time.Time) {
 	a.quickRetries++
 	at := now.Add(100 * time.Millisecond)
 	if gone := a.leaderGoneAt.Load(); gone != 0 {
-		if end := time.Unix(0, gone).Add(a.dyn.LockDelay.D() + 20*time.Millisecond); end.After(at) {
+		// The lock-delay is the old holder's session's: automatic
+		// lock_delay depends on whether that one was tied to checks.
+		if end := time.Unix(0, gone).Add(a.dyn.LockDelayFor(a.lastLeaderChecks) + 20*time.Millisecond); end.After(at) {
 			at = end
 		}
 	}

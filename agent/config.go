@@ -52,7 +52,9 @@ type ConsulConfig struct {
 	// SessionChecks tie the session (and so the leader lock) to health
 	// checks: "liveness" is the member's own agent-liveness check, any
 	// other value a node check ID such as "serfHealth". A check going
-	// critical frees the lock at once instead of after ttl.
+	// critical frees the lock at once instead of after ttl. Unset (nil):
+	// automatic, [serfHealth] when Consul is a client agent on this host,
+	// else TTL only; an empty list: TTL only.
 	SessionChecks []string `yaml:"session_checks"`
 	// ServiceCheckTLSServerName is the name Consul checks the REST API's
 	// certificate against (Patroni's service_check_tls_server_name);
@@ -211,7 +213,7 @@ type DynamicConfig struct {
 	SynchronousNodeCount int                `yaml:"synchronous_node_count"`
 	Replication          string             `yaml:"replication"`
 	PrimaryStartTimeout  *consulkv.Duration `yaml:"primary_start_timeout"`
-	FailsafeMode         bool               `yaml:"failsafe_mode"`
+	FailsafeMode         *bool              `yaml:"failsafe_mode"`
 }
 
 // ClusterConfig converts to the stored form (defaults filled).
@@ -353,7 +355,9 @@ func applyEnv(v reflect.Value, prefix string, env map[string]string) error {
 			}
 			fv.SetUint(n)
 		case f.Type.Kind() == reflect.Slice && f.Type.Elem().Kind() == reflect.String:
-			var parts []string
+			// Set but empty is an empty list, not "unset" (for
+			// consul.session_checks: TTL only rather than automatic).
+			parts := []string{}
 			for _, p := range strings.Split(raw, ";") {
 				if p = strings.TrimSpace(p); p != "" {
 					parts = append(parts, p)
@@ -475,7 +479,12 @@ func (c *Config) Validate() error {
 // Settings are the member's local settings the cluster config's safety
 // rules depend on (published in its member key).
 func (c *Config) Settings() consulkv.MemberSettings {
-	return consulkv.MemberSettings{Member: c.Name, SessionChecks: c.Consul.SessionChecks}
+	checks := c.Consul.SessionChecks
+	if checks == nil {
+		// Automatic: judged as the node check it may become.
+		checks = []string{AutoSessionCheck + " (automatic)"}
+	}
+	return consulkv.MemberSettings{Member: c.Name, SessionChecks: checks}
 }
 
 // readSecretFiles fills restapi.username/password from their *_file

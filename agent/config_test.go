@@ -68,7 +68,7 @@ func TestParseConfigErrorsNameTheField(t *testing.T) {
 		{yaml: minimalYAML, env: []string{"PGMESH_POSTGRESQL_PORT=abc"}, field: "postgresql_port"},
 		{yaml: minimalYAML, env: []string{"PGMESH_TAGS_NOFAILOVER=maybe"}, field: "tags_nofailover"},
 		{yaml: minimalYAML + "bootstrap: {dcs: {ttl: banana}}\n", field: "duration"},
-		{yaml: minimalYAML + "consul: {session_checks: [liveness]}\nbootstrap: {dcs: {lock_delay: 1s}}\n", field: "lock_delay"},
+		{yaml: minimalYAML + "consul: {session_checks: [liveness]}\nbootstrap: {dcs: {lock_delay: 500ms}}\n", field: "lock_delay"},
 		{yaml: minimalYAML + "log: {format: xml}\n", field: "log.format"},
 	}
 	for _, tc := range cases {

@@ -233,7 +233,7 @@ func (a *Agent) observeFailsafe(ctx context.Context, o *Observation) {
 		}
 		return
 	}
-	if !a.dyn.FailsafeMode || !o.Local.Running || o.Local.InRecovery {
+	if !a.dyn.FailsafeOn() || !o.Local.Running || o.Local.InRecovery {
 		return
 	}
 	// Only the member that led when Consul went away (or holds already).

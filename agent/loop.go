@@ -85,7 +85,10 @@ func (a *Agent) afterAct(ctx context.Context, o Observation) {
 func (a *Agent) observe(ctx context.Context) Observation {
 	o := Observation{Member: a.cfg.Name, Tags: a.cfg.MemberTags(), ConsulOK: true}
 	a.refreshConfig(ctx)
-	a.failsafe.configure(a.dyn.FailsafeMode, a.dyn.TTL.D(), nil)
+	a.failsafe.configure(a.dyn.FailsafeOn(), a.dyn.TTL.D(), nil)
+	// Automatic session checks may have been decided since the last round.
+	a.lock.SetOptions(a.lockOptions())
+	a.loopWaitNs.Store(int64(a.dyn.LoopWait.D()))
 	o.Config = a.dyn
 	o.Paused = a.dyn.GroupPaused(a.cfg.Group)
 
@@ -132,7 +135,12 @@ func (a *Agent) observe(ctx context.Context) Observation {
 				leaderSession = g.Leader.Session
 			}
 			a.lock.Resolve(ctx, leaderSession)
-			a.failsafe.configure(a.dyn.FailsafeMode, a.dyn.TTL.D(), g)
+			a.failsafe.configure(a.dyn.FailsafeOn(), a.dyn.TTL.D(), g)
+			if g.Leader != nil {
+				if m := g.Members[g.Leader.Member]; m != nil {
+					a.lastLeaderChecks = len(m.SessionChecks) > 0
+				}
+			}
 			o.Group = g
 			a.lastGroup = g
 			a.lastGroupView.Store(g)
@@ -233,7 +241,7 @@ func (a *Agent) refreshConfig(ctx context.Context) {
 		}
 		return
 	}
-	adopted, problem := adoptConfig(cfg, err, a.cfg.Settings())
+	adopted, problem := adoptConfig(cfg, err, consulkv.MemberSettings{Member: a.cfg.Name, SessionChecks: a.sessionChecks()})
 	if adopted == nil {
 		if problem == "" {
 			return // Consul unreachable: nothing new to judge
@@ -494,7 +502,7 @@ func (a *Agent) publish(ctx context.Context, o Observation, d Decision) {
 		APIURL: a.apiURL(), ConnURL: a.connURL(), Host: a.cfg.PostgreSQL.ConnectAddress, Port: a.cfg.PostgreSQL.Port,
 		Timeline: local.Timeline, SystemID: local.SystemID, WriteLSN: st.WriteLSN, ReceiveLSN: st.ReceiveLSN, ReplayLSN: st.ReplayLSN,
 		Streaming: local.Streaming, Tags: a.cfg.MemberTags(), PGVersion: st.PGVersion, AgentVersion: version.Version,
-		Message: st.Message, SessionChecks: a.cfg.Consul.SessionChecks, ConfigProblem: st.ConfigProblem, UpdatedAt: now.UTC(),
+		Message: st.Message, SessionChecks: a.sessionChecks(), ConfigProblem: st.ConfigProblem, UpdatedAt: now.UTC(),
 	}
 	if role == consulkv.RolePrimary {
 		m.Logical = a.logical

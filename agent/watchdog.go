@@ -140,6 +140,22 @@ func (f *fenceWatchdog) arm(d time.Duration) error {
 	return f.sendLocked("arm " + strconv.FormatInt(max(d.Milliseconds(), 1), 10))
 }
 
+// extend re-arms the watchdog with deadline d only if it is armed: the
+// leader's keepalive pushes the deadline out between loops, but must never
+// arm a watchdog the loop disarmed meanwhile (a demoted member's
+// PostgreSQL would be aborted when the deadline passes).
+func (f *fenceWatchdog) extend(d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("%w: no time left on the lease (deadline %s)", errWatchdog, d.Round(time.Millisecond))
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.armed || f.inProcess {
+		return nil
+	}
+	return f.sendLocked("arm " + strconv.FormatInt(max(d.Milliseconds(), 1), 10))
+}
+
 func (f *fenceWatchdog) disarm() {
 	if f == nil {
 		return

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/pgmesh/pgmesh/consulkv"
 	"io"
 	"math"
 	"os"
@@ -39,11 +40,17 @@ type profile struct {
 }
 
 var profiles = map[string]profile{
-	// pgmesh's defaults (consulkv.Default*).
+	// pgmesh's defaults (consulkv.Default*; session_checks unset:
+	// automatic, so serfHealth with a 2.5s lock-delay on -hosts and TTL only
+	// against the single dev-mode Consul server).
 	"default": {Name: "default", TTL: 20 * time.Second, LoopWait: 2 * time.Second, RetryTimeout: 5 * time.Second, LockDelay: 0},
 	// The integration tests' timings: a dead leader's session expires
 	// 2-4s after its last renew.
-	"fast": {Name: "fast", TTL: 4 * time.Second, LoopWait: time.Second, RetryTimeout: 1500 * time.Millisecond, LockDelay: time.Second},
+	"fast": {Name: "fast", TTL: 4 * time.Second, LoopWait: time.Second, RetryTimeout: 1500 * time.Millisecond, LockDelay: time.Second, SessionChecks: []string{}},
+	// pgmesh's default timings with a TTL-only session (the default before
+	// automatic failure detection; what the default still is against a
+	// Consul server or a remote agent).
+	"ttl-only": {Name: "ttl-only", TTL: 20 * time.Second, LoopWait: 2 * time.Second, RetryTimeout: 5 * time.Second, LockDelay: 0, SessionChecks: []string{}},
 	// The session tied to the agent's liveness check: a dead host frees the
 	// lock when the check fails (checks run every 1s), whatever the ttl;
 	// lock_delay must be >= loop_wait + retry_timeout + 0.5s.
@@ -55,8 +62,9 @@ var profiles = map[string]profile{
 	"checks-fast": {Name: "checks-fast", TTL: 20 * time.Second, LoopWait: 500 * time.Millisecond, RetryTimeout: time.Second, LockDelay: 2 * time.Second, SessionChecks: []string{"liveness"}},
 	// The session tied to the node's serfHealth (Consul's own failure
 	// detector; only meaningful with -hosts, where every member has its
-	// own Consul client agent) on pgmesh's default timings; lock_delay is
-	// the smallest the session-checks rule allows: 2s + 5s + 0.5s.
+	// own Consul client agent) on pgmesh's default timings with the
+	// lock_delay the rule asked for before the leader keepalive (loop_wait
+	// 2s + retry_timeout 5s + 0.5s), kept for comparison with "default".
 	"node": {Name: "node", TTL: 20 * time.Second, LoopWait: 2 * time.Second, RetryTimeout: 5 * time.Second, LockDelay: 7500 * time.Millisecond, SessionChecks: []string{"serfHealth"}},
 	// serfHealth (a dead host) plus the liveness check (a dead agent on a
 	// live host) on checks-fast's timings.
@@ -65,13 +73,13 @@ var profiles = map[string]profile{
 	// pgmesh, for a like-for-like comparison: Patroni's defaults (ttl 30,
 	// loop_wait 10, retry_timeout 10) and its tuned setting (ttl 10,
 	// loop_wait 1, retry_timeout 3).
-	"patroni-defaults": {Name: "patroni-defaults", TTL: 30 * time.Second, LoopWait: 10 * time.Second, RetryTimeout: 10 * time.Second, LockDelay: 0},
-	"patroni-tuned":    {Name: "patroni-tuned", TTL: 10 * time.Second, LoopWait: time.Second, RetryTimeout: 3 * time.Second, LockDelay: 0},
+	"patroni-defaults": {Name: "patroni-defaults", TTL: 30 * time.Second, LoopWait: 10 * time.Second, RetryTimeout: 10 * time.Second, LockDelay: 0, SessionChecks: []string{}},
+	"patroni-tuned":    {Name: "patroni-tuned", TTL: 10 * time.Second, LoopWait: time.Second, RetryTimeout: 3 * time.Second, LockDelay: 0, SessionChecks: []string{}},
 }
 
 func (p profile) String() string {
-	checks := "none"
-	if len(p.SessionChecks) > 0 {
+	checks := "automatic"
+	if p.SessionChecks != nil {
 		checks = "[" + strings.Join(p.SessionChecks, ",") + "]"
 	}
 	return fmt.Sprintf("%s (ttl %s, loop_wait %s, retry_timeout %s, lock_delay %s, session_checks %s)",
@@ -121,7 +129,7 @@ func (pf *profileFlags) resolve(name string) (profile, error) {
 	switch pf.checks {
 	case "":
 	case "none":
-		p.SessionChecks, custom = nil, true
+		p.SessionChecks, custom = []string{}, true
 	default:
 		p.SessionChecks, custom = strings.Split(pf.checks, ","), true
 	}
@@ -133,8 +141,8 @@ func (pf *profileFlags) resolve(name string) (profile, error) {
 	}
 	// The agents refuse such a config (consulkv's session-checks-lock-delay
 	// rule); say so before starting anything.
-	if need := p.LoopWait + p.RetryTimeout + 500*time.Millisecond; len(p.SessionChecks) > 0 && p.LockDelay < need {
-		return p, fmt.Errorf("profile %s: with session checks lock_delay must be >= loop_wait + retry_timeout + 0.5s = %s", p, need)
+	if len(p.SessionChecks) > 0 && p.LockDelay != 0 && p.LockDelay < consulkv.MinChecksLockDelay {
+		return p, fmt.Errorf("profile %s: with session checks lock_delay must be 0 (automatic) or >= %s", p, consulkv.MinChecksLockDelay)
 	}
 	return p, nil
 }

@@ -222,9 +222,11 @@ func (l *Lock) until(f func(*HeldSession) time.Time) time.Time {
 	return u
 }
 
-// LeaseValid reports whether the lease is still good at now.
+// LeaseValid reports whether the holder may still act as leader at now:
+// before FenceUntil (the lease, and for a session tied to health checks no
+// later than lock-delay − FenceMargin after its last confirmation).
 func (l *Lock) LeaseValid(now time.Time) bool {
-	u := l.LeaseUntil()
+	u := l.FenceUntil()
 	return !u.IsZero() && now.Before(u)
 }
 

@@ -411,8 +411,18 @@ type ClusterConfig struct {
 	// Consul keeps running as primary while every other member of its
 	// group confirms over the REST API (POST /failsafe) that it cannot
 	// reach Consul either and will not take over; without it the leader
-	// demotes when its lease runs out.
-	FailsafeMode bool `json:"failsafe_mode,omitempty"`
+	// demotes when its lease runs out. Unset: on (see FailsafeOn).
+	FailsafeMode *bool `json:"failsafe_mode,omitempty"`
+}
+
+// FailsafeOn is failsafe_mode with pgmesh's default applied: on, unlike
+// Patroni. A session tied to serfHealth (the automatic setting on hosts)
+// fences its leader 2.3s after the last renew, so without failsafe mode a
+// Consul server election that long stops every primary (measured: a 4.9s
+// write gap in TestNoFalseFailovers); with it the primary rides through
+// whenever every member of its group confirms.
+func (c ClusterConfig) FailsafeOn() bool {
+	return c.FailsafeMode == nil || *c.FailsafeMode
 }
 
 // DefaultPrimaryStartTimeout applies when primary_start_timeout is unset.
@@ -469,10 +479,10 @@ const (
 	DefaultTTL          = 20 * time.Second
 	DefaultLoopWait     = 2 * time.Second
 	DefaultRetryTimeout = 5 * time.Second
-	// DefaultLockDelay is 0 (sessions get 1ms): without session checks the
-	// holder's lease ends before Consul can free the key, so a lock-delay
-	// only adds to every failover. With consul.session_checks the agent
-	// requires lock_delay >= loop_wait + retry_timeout + 0.5s.
+	// DefaultLockDelay is 0, "automatic" (see LockDelayFor): a TTL-only
+	// session gets 1ms, because the holder's lease ends before Consul can
+	// free the key and a lock-delay would only add to every failover; a
+	// session tied to health checks gets DefaultChecksLockDelay.
 	DefaultLockDelay            = 0
 	DefaultMaximumLagOnFailover = 1 << 20
 )
@@ -613,14 +623,48 @@ func (e *UnsafeConfigError) Error() string {
 
 func (e *UnsafeConfigError) Unwrap() error { return e.Err }
 
-// SessionChecksLockDelay is the smallest lock_delay a member that ties its
-// session to health checks may run with: a failing check frees the lock at
-// once, so the old primary must be fenced within lock_delay of its last
-// confirmation, and its watchdog is re-armed once per loop (after at most
-// loop_wait + retry_timeout) with 0.5s to spare.
+// A session tied to health checks can be freed at any moment (a check
+// goes critical), and a successor may take the lock lock-delay later; the
+// leader is therefore fenced lock_delay − FenceMargin after the renew that
+// last confirmed its session, and renews on its own timer, every
+// KeepaliveInterval, independent of loop_wait. DefaultChecksLockDelay is
+// what such a session gets when lock_delay is 0 (automatic): its 2.3s
+// fence window outlasts a 1.5s freeze of the agent plus one keepalive
+// interval, and serf's ~5.6s plus 2.5s keeps a dead host's failover near
+// 8s. MinChecksLockDelay is the least that may be set: four renews fit in
+// the fence window, so one slow or failed renew does not fence a healthy
+// primary.
+const (
+	DefaultChecksLockDelay = 2500 * time.Millisecond
+	MinChecksLockDelay     = time.Second
+)
+
+// LockDelayFor is the lock-delay a member's session gets: lock_delay as
+// set, or when it is 0 (automatic) DefaultChecksLockDelay for a session tied
+// to health checks and none for a TTL-only one.
+func (c ClusterConfig) LockDelayFor(checks bool) time.Duration {
+	if d := c.LockDelay.D(); d > 0 || !checks {
+		return d
+	}
+	return DefaultChecksLockDelay
+}
+
+// SessionChecksLockDelay is the smallest non-zero lock_delay a member that
+// ties its session to health checks may run with.
 func (c ClusterConfig) SessionChecksLockDelay() time.Duration {
-	c = c.WithDefaults()
-	return c.LoopWait.D() + c.RetryTimeout.D() + 500*time.Millisecond
+	return MinChecksLockDelay
+}
+
+// KeepaliveInterval is how often a leader renews its session between
+// loops: a quarter of the fence window of a session with lock-delay
+// lockDelay tied to health checks, else a quarter of the lease; never more
+// than loopWait (the loop renews then anyway), never under 100ms.
+func KeepaliveInterval(lockDelay, lease, loopWait time.Duration, checks bool) time.Duration {
+	window := lease
+	if checks && lockDelay-FenceMargin < window {
+		window = lockDelay - FenceMargin
+	}
+	return max(min(window/4, loopWait), 100*time.Millisecond)
 }
 
 // ValidateFor is the one validation of a cluster config: its own rules
@@ -636,10 +680,10 @@ func (c ClusterConfig) ValidateFor(members []MemberSettings) error {
 		if len(m.SessionChecks) == 0 {
 			continue
 		}
-		if need := d.SessionChecksLockDelay(); d.LockDelay.D() < need {
+		if ld, need := d.LockDelay.D(), d.SessionChecksLockDelay(); ld != 0 && ld < need {
 			return &UnsafeConfigError{Rule: RuleSessionChecksLockWait, Member: m.Member, Err: fmt.Errorf(
-				"lock_delay %s: the member ties its session to health checks (%s), so lock_delay must be at least loop_wait + retry_timeout + 0.5s = %s",
-				d.LockDelay, strings.Join(m.SessionChecks, ", "), need)}
+				"lock_delay %s: the member ties its session to health checks (%s), so lock_delay must be 0 (automatic: %s) or at least %s (the leader is fenced lock_delay - %s after its last renew and renews four times in that window)",
+				d.LockDelay, strings.Join(m.SessionChecks, ", "), DefaultChecksLockDelay, need, FenceMargin)}
 		}
 	}
 	return nil

@@ -277,7 +277,7 @@ func FuzzPatchConfig(f *testing.F) {
 func TestPatchConfigRefusesUnsafeForAMember(t *testing.T) {
 	f := &fakeCtl{cfg: baseConfig(), cfgIndex: 10, members: []consulkv.MemberSettings{{Member: "n1-b", SessionChecks: []string{"liveness"}}}}
 	h := newTestServer(f, Options{}).Handler()
-	for _, patch := range []string{`{"lock_delay":"1s"}`, `{"lock_delay":"500ms"}`} {
+	for _, patch := range []string{`{"lock_delay":"0.9s"}`, `{"lock_delay":"500ms"}`} {
 		code, body, _ := do(t, h, http.MethodPatch, "/config", patch)
 		if code != 400 || !strings.Contains(body, "session-checks-lock-delay rule broken for member n1-b") || !strings.Contains(body, "nothing written") {
 			t.Fatalf("PATCH %s = %d %q", patch, code, body)

@@ -86,7 +86,7 @@ func TestFailsafeQuorumLoss(t *testing.T) {
 			if err != nil || cfg == nil {
 				return fmt.Errorf("config %v %v", cfg, err)
 			}
-			cfg.FailsafeMode = on
+			cfg.FailsafeMode = &on
 			if ok, err := g.kv.CAS(context.Background(), g.kv.ConfigKey(), cfg, idx); err != nil || !ok {
 				return fmt.Errorf("CAS %v %v", ok, err)
 			}

@@ -16,21 +16,19 @@ import (
 )
 
 // hostKillBound is how long after a host's death its replica may take to
-// become writable with the "node" setting on pgmesh's default timings:
-// serf's failure detection + lock_delay 7.5 s + the acquire and promotion.
-// `bench failover -hosts -profile node` measured 12.7–14.7 s (median 13.4
-// s, 10 runs; serf 5.1–7.1 s), docs/benchmarks.md; the rest is margin for a
-// loaded machine. A TTL-only session would hold the lock until ≥ 18 s after
-// the kill.
-const hostKillBound = 16 * time.Second
+// become writable on pgmesh's defaults with a Consul client agent per host
+// (automatic session checks: serfHealth, lock-delay 2.5 s): serf's failure
+// detection (5.05–8.55 s, median 5.6 s, docs/benchmarks.md) + 2.5 s + the
+// acquire and promotion, with margin for a loaded machine. A TTL-only
+// session would hold the lock until ≥ 18 s after the kill.
+const hostKillBound = 12 * time.Second
 
 // TestHostKillSerfHealth runs a group of two hosts — each its own Consul
 // client agent, pgmesh agent and PostgreSQL (testbed.Host) — on a
-// three-server Consul cluster, with the sessions tied to serfHealth
-// (consul.session_checks: [serfHealth]) on pgmesh's default timings and
-// the lock_delay the session-checks rule asks for (loop_wait 2s +
-// retry_timeout 5s + 0.5s = 7.5s): bench's "node" profile. It kills the
-// primary's host (all three at once, kill -9) and checks that
+// three-server Consul cluster, on pgmesh's defaults: no session_checks and
+// no lock_delay set, so automatic failure detection ties the sessions to
+// the host's serfHealth with a 2.5 s lock-delay. It kills the primary's host
+// (all three at once, kill -9) and checks that
 //   - the replica is writable within hostKillBound;
 //   - Consul invalidated the old leader's session because serf marked the
 //     dead node's serfHealth critical, not by TTL: the session vanished
@@ -49,9 +47,7 @@ func TestHostKillSerfHealth(t *testing.T) {
 	for i := 0; i < 2; i++ {
 		m := fmt.Sprintf("%s-%c", name, 'a'+i)
 		h := testbed.StartHost(t, cl, testbed.AgentSpec{Cluster: "itest", Group: name, Name: m,
-			TTL: consulkv.DefaultTTL, LoopWait: consulkv.DefaultLoopWait, RetryTimeout: consulkv.DefaultRetryTimeout,
-			LockDelay:   consulkv.DefaultLoopWait + consulkv.DefaultRetryTimeout + 500*time.Millisecond,
-			ConsulExtra: "session_checks: [serfHealth]"})
+			TTL: consulkv.DefaultTTL, LoopWait: consulkv.DefaultLoopWait, RetryTimeout: consulkv.DefaultRetryTimeout})
 		g.hosts[m], g.members[m] = h, h.Agent
 		g.order = append(g.order, m)
 	}
@@ -64,7 +60,7 @@ func TestHostKillSerfHealth(t *testing.T) {
 	capi := cl.Servers[0].Client()
 
 	// The leader's session belongs to its host's node and is tied to
-	// serfHealth (and nothing else), with the 7.5 s lock-delay.
+	// serfHealth (and nothing else), with the automatic 2.5 s lock-delay.
 	pair, _, err := capi.KV().Get(kv.LeaderKey(name), nil)
 	if err != nil || pair == nil || pair.Session == "" {
 		t.Fatalf("leader key: %+v %v", pair, err)
@@ -74,8 +70,8 @@ func TestHostKillSerfHealth(t *testing.T) {
 	if err != nil || info == nil {
 		t.Fatalf("leader session %s: %+v %v", sess, info, err)
 	}
-	if info.Node != dead.Node() || strings.Join(info.NodeChecks, ",") != "serfHealth" || len(info.ServiceChecks) != 0 || info.LockDelay != 7500*time.Millisecond {
-		t.Fatalf("leader session %s: node %s, node checks %v, service checks %v, lock-delay %s; want node %s, [serfHealth], none, 7.5s",
+	if info.Node != dead.Node() || strings.Join(info.NodeChecks, ",") != "serfHealth" || len(info.ServiceChecks) != 0 || info.LockDelay != consulkv.DefaultChecksLockDelay {
+		t.Fatalf("leader session %s: node %s, node checks %v, service checks %v, lock-delay %s; want node %s, [serfHealth], none, 2.5s",
 			sess, info.Node, info.NodeChecks, info.ServiceChecks, info.LockDelay, dead.Node())
 	}
 	// Control: a TTL-only session on the same node, created through the

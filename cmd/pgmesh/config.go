@@ -137,7 +137,7 @@ func applySet(cfg *consulkv.ClusterConfig, args []string) error {
 			if err != nil {
 				return fmt.Errorf("failsafe_mode: %q is not true or false", val)
 			}
-			cfg.FailsafeMode = b
+			cfg.FailsafeMode = &b
 			continue
 		case "pause", "paused_groups":
 			return fmt.Errorf("%s: use `pgmesh pause` / `pgmesh resume`", key)

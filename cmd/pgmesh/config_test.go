@@ -26,7 +26,7 @@ func TestApplySet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.TTL.D() != 30*time.Second || cfg.LoopWait.D() != time.Second || cfg.MaximumLagOnFailover != 16<<20 || !cfg.FailsafeMode {
+	if cfg.TTL.D() != 30*time.Second || cfg.LoopWait.D() != time.Second || cfg.MaximumLagOnFailover != 16<<20 || !cfg.FailsafeOn() || cfg.FailsafeMode == nil {
 		t.Errorf("applied: %+v", cfg)
 	}
 	if !reflect.DeepEqual(cfg.Parameters, map[string]string{"max_connections": "200"}) {

@@ -50,7 +50,8 @@ type Options struct {
 	// values keep the demo's own settings: ttl 10s, loop_wait 1s,
 	// retry_timeout 3s; lock_delay 0 (pgmesh's default; sessions get 1ms).
 	TTL, LoopWait, RetryTimeout, LockDelay time.Duration
-	// SessionChecks go to consul.session_checks (e.g. ["liveness"]).
+	// SessionChecks go to consul.session_checks (e.g. ["liveness"]); nil
+	// leaves it unset (automatic), empty is TTL only.
 	SessionChecks []string
 	// MemberConsul, if set, returns the Consul HTTP address the member's
 	// agent talks to (e.g. a proxy in front of Consul); "" means Consul
@@ -438,7 +439,8 @@ func (m *Mesh) agentConfig(mem *Member) string {
 		}
 	}
 	checks := ""
-	if len(m.opts.SessionChecks) > 0 {
+	if m.opts.SessionChecks != nil {
+		// Empty: TTL only; nil (not written): automatic.
 		checks = fmt.Sprintf("  session_checks: [%s]\n", strings.Join(m.opts.SessionChecks, ", "))
 	}
 	params := map[string]string{"shared_buffers": "32MB"}
