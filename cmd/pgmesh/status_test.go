@@ -111,18 +111,19 @@ func TestRenderStatusTable(t *testing.T) {
 		"Failure detection (dead host until a successor may take the lock): session TTL only (n1, n2, n4) ~18.7s, worst 20s; " +
 			"session tied to node check serfHealth + service check liveness (n3) ~" + fmtDur(5600*time.Millisecond+auto) + ", worst " + fmtDur(8550*time.Millisecond+auto),
 		"Failure detection (dead host until a successor may take the lock): session TTL only (m1) ~18.7s, worst 20s",
-		"Slow failure detection in group g1: n1, n2, n4 (session TTL only) may take up to 20s to be noticed dead and free the lock, goal 8.8s: " +
+		"Slow failure detection in group g1: n1, n2, n4 (session TTL only) takes about 18.7s (up to 20s) to be noticed dead and free the lock, goal 8.8s: " +
 			"run a Consul client agent on each host so sessions are tied to serfHealth (automatic when consul.session_checks is unset), " +
 			"or lower ttl (Consul's session_ttl_min must allow ttl/2).",
-		"Slow failure detection in group g1: n3 (session tied to node check serfHealth + service check liveness) may take up to " + fmtDur(8550*time.Millisecond+auto) +
-			" to be noticed dead and free the lock, goal 8.8s: serf alone takes up to 8.6s to call a host dead with Consul's default gossip, " +
-			"then lock_delay " + fmtDur(auto) + "; only tuning Consul's gossip_lan shortens that.",
 		"Slow failure detection in group g2: m1 (session TTL only)",
 		`Consul problem: key "pgmesh/prod/groups/g2/members/x": invalid JSON: unexpected EOF`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}
+	}
+	// n3 (serfHealth, about 8.1s) meets the goal: no warning for it.
+	if strings.Contains(out, "Slow failure detection in group g1: n3") {
+		t.Errorf("a warning for n3, whose typical detection meets the goal:\n%s", out)
 	}
 	// The problem is reported once, under its group, not again as a
 	// cluster problem.
