@@ -98,6 +98,9 @@ type opConn struct {
 	cluster string
 	api     *apiClient
 	out     io.Writer
+	// kvConfig is what kv was made from; clients for other datacenters
+	// (status across the mesh) are made from it.
+	kvConfig consulkv.Config
 }
 
 // newOpConn builds the Consul client. It does not contact Consul, so
@@ -111,9 +114,8 @@ func newOpConn(c *cli.Context) (*opConn, error) {
 		return nil, usageErr("--cluster: %v", err)
 	}
 	addr := setting(c, "consul")
-	kv, err := consulkv.New(consulkv.Config{
-		Address: addr, Token: setting(c, "token"), Cluster: cluster, Prefix: setting(c, "prefix"),
-	})
+	kvConfig := consulkv.Config{Address: addr, Token: setting(c, "token"), Cluster: cluster, Prefix: setting(c, "prefix")}
+	kv, err := consulkv.New(kvConfig)
 	if err != nil {
 		return nil, usageErr("%v", err)
 	}
@@ -125,7 +127,7 @@ func newOpConn(c *cli.Context) (*opConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &opConn{kv: kv, addr: addr, cluster: cluster, out: c.App.Writer, token: token, api: api}, nil
+	return &opConn{kv: kv, addr: addr, cluster: cluster, out: c.App.Writer, token: token, api: api, kvConfig: kvConfig}, nil
 }
 
 // consulErr turns a consulkv error into the one line an operator needs:
@@ -204,19 +206,28 @@ func (s *opConn) readCluster(ctx context.Context) (*consulkv.ClusterView, error)
 	if err != nil {
 		return nil, s.consulErr(err)
 	}
-	if len(v.Groups) == 0 {
-		what := "no data"
-		if v.ConfigIndex != 0 {
-			what = "a config but no groups"
-		}
-		if v.DefaultACLPolicy == "deny" && v.ConfigIndex == 0 {
-			return nil, failErr("Consul at %s answered nothing under %s and denies by default (ACLs): the token (from --token or CONSUL_HTTP_TOKEN%s) may lack key_prefix %q read (pgmesh consul-policy readonly), or --cluster/--prefix is wrong",
-				s.addr, s.kv.ClusterPrefix(), tokenHint(s.token), s.kv.ClusterPrefix())
-		}
-		return nil, failErr("cluster %q has %s in Consul at %s (under %s); check --cluster and --prefix",
-			s.cluster, what, s.addr, s.kv.ClusterPrefix())
+	if err := s.emptyViewErr(v); err != nil {
+		return nil, err
 	}
 	return v, nil
+}
+
+// emptyViewErr is readCluster's refusal of a view without groups (nil when
+// there are some).
+func (s *opConn) emptyViewErr(v *consulkv.ClusterView) error {
+	if len(v.Groups) != 0 {
+		return nil
+	}
+	what := "no data"
+	if v.ConfigIndex != 0 {
+		what = "a config but no groups"
+	}
+	if v.DefaultACLPolicy == "deny" && v.ConfigIndex == 0 {
+		return failErr("Consul at %s answered nothing under %s and denies by default (ACLs): the token (from --token or CONSUL_HTTP_TOKEN%s) may lack key_prefix %q read (pgmesh consul-policy readonly), or --cluster/--prefix is wrong",
+			s.addr, s.kv.ClusterPrefix(), tokenHint(s.token), s.kv.ClusterPrefix())
+	}
+	return failErr("cluster %q has %s in Consul at %s (under %s); check --cluster and --prefix",
+		s.cluster, what, s.addr, s.kv.ClusterPrefix())
 }
 
 // readGroup reads one group and fails when it does not exist.

@@ -47,6 +47,11 @@ type statusDoc struct {
 	// DetectionGoal is --detection-goal: members whose worst-case
 	// detection estimate exceeds it are warned about (absent: off).
 	DetectionGoal float64 `json:"detection_goal_seconds,omitempty" yaml:"detection_goal_seconds,omitempty"`
+	// Datacenters are the Consul datacenters shown (absent: the local one,
+	// whose name Consul did not say).
+	Datacenters []string `json:"datacenters,omitempty" yaml:"datacenters,omitempty"`
+	// Unreachable: the datacenters that could not be read, and why.
+	Unreachable map[string]string `json:"unreachable_datacenters,omitempty" yaml:"unreachable_datacenters,omitempty"`
 }
 
 // replLink is one subscription between groups, as its subscriber's leader
@@ -134,11 +139,13 @@ func buildReplication(v *consulkv.ClusterView, now time.Time) []replLink {
 }
 
 type groupStatus struct {
-	Name     string `json:"name" yaml:"name"`
-	SystemID string `json:"system_id,omitempty" yaml:"system_id,omitempty"`
-	Leader   string `json:"leader" yaml:"leader"`
-	Paused   bool   `json:"paused" yaml:"paused"`
-	Timeline uint32 `json:"timeline,omitempty" yaml:"timeline,omitempty"`
+	Name string `json:"name" yaml:"name"`
+	// Datacenter is the Consul datacenter the group lives in (when known).
+	Datacenter string `json:"datacenter,omitempty" yaml:"datacenter,omitempty"`
+	SystemID   string `json:"system_id,omitempty" yaml:"system_id,omitempty"`
+	Leader     string `json:"leader" yaml:"leader"`
+	Paused     bool   `json:"paused" yaml:"paused"`
+	Timeline   uint32 `json:"timeline,omitempty" yaml:"timeline,omitempty"`
 	// LastLSN is the leader's last published position, the lag reference.
 	LastLSN  string         `json:"last_lsn,omitempty" yaml:"last_lsn,omitempty"`
 	Members  []memberStatus `json:"members" yaml:"members"`
@@ -200,35 +207,10 @@ func formatLSN(l uint64) string {
 
 // buildStatus turns one consistent read of the cluster into the status
 // document. It is pure so the table can be tested without Consul. goal is
-// --detection-goal (0: no detection warnings).
+// --detection-goal (0: no detection warnings). buildMeshStatus does the
+// same for several datacenters.
 func buildStatus(cluster string, v *consulkv.ClusterView, only string, goal time.Duration) statusDoc {
-	doc := statusDoc{Cluster: cluster, Groups: []groupStatus{}, Problems: []string{}, DetectionGoal: seconds(max(goal, 0))}
-	var cfg consulkv.ClusterConfig
-	if v.Config != nil {
-		cfg = *v.Config
-	}
-	doc.Paused = cfg.Paused
-	for _, p := range v.Problems {
-		msg := trimPkg(p.Error())
-		if only != "" && groupProblem(msg) && !strings.Contains(msg, "/groups/"+only+"/") {
-			continue
-		}
-		doc.Problems = append(doc.Problems, msg)
-	}
-	for _, name := range v.GroupNames() {
-		if only != "" && name != only {
-			continue
-		}
-		gs := buildGroup(v.Groups[name], cfg)
-		gs.DetectionWarnings = detectionWarnings(gs, goal)
-		doc.Groups = append(doc.Groups, gs)
-	}
-	for _, l := range buildReplication(v, time.Now()) {
-		if only == "" || l.From == only || l.To == only {
-			doc.Replication = append(doc.Replication, l)
-		}
-	}
-	return doc
+	return buildMeshStatus(cluster, []dcView{{View: v}}, only, goal)
 }
 
 func buildGroup(g *consulkv.GroupView, cfg consulkv.ClusterConfig) groupStatus {
@@ -376,7 +358,11 @@ func renderStatus(w io.Writer, doc statusDoc) {
 		if sys == "" {
 			sys = "not initialized"
 		}
-		fmt.Fprintf(w, "\nGroup: %s (system id %s)\n", g.Name, sys)
+		if len(doc.Datacenters) > 1 && g.Datacenter != "" {
+			fmt.Fprintf(w, "\nGroup: %s (datacenter %s, system id %s)\n", g.Name, g.Datacenter, sys)
+		} else {
+			fmt.Fprintf(w, "\nGroup: %s (system id %s)\n", g.Name, sys)
+		}
 		var tb strings.Builder
 		tw := tabwriter.NewWriter(&tb, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "Member\tHost:Port\tRole\tState\tTL\tReceive LSN\tReplay LSN\tLag in MB\tTags")
@@ -488,7 +474,7 @@ func footer(doc statusDoc) []string {
 			out = append(out, "Consul problem: "+p)
 		}
 	}
-	return out
+	return append(out, datacenterFooter(doc)...)
 }
 
 // groupProblem: a cluster-level problem that belongs to some group (maybe
@@ -525,6 +511,8 @@ func statusCommand() *cli.Command {
 			groupFlag("show only this group"),
 			outputFlag("table, json or yaml"),
 			&cli.IntFlag{Name: "watch", Aliases: []string{"w"}, Usage: "refresh every `N` seconds until Ctrl-C"},
+			&cli.StringFlag{Name: "datacenters", EnvVars: []string{"PGMESH_DATACENTERS"},
+				Usage: "show the groups of these Consul datacenters (`DC1,DC2`; default: the cluster config's datacenters, else every datacenter Consul knows)"},
 			&cli.DurationFlag{Name: "detection-goal", Value: defaultDetectionGoal, EnvVars: []string{"PGMESH_DETECTION_GOAL"},
 				Usage: "warn about members whose dead host may take longer than `DURATION` to be noticed and free the lock (0: no warning)"},
 		}, connFlags()...),
@@ -546,20 +534,26 @@ func runStatus(c *cli.Context) error {
 	if goal < 0 {
 		return usageErr("status: --detection-goal must not be negative (0 turns the warning off)")
 	}
+	dcs, err := parseDatacenters(c.String("datacenters"))
+	if err != nil {
+		return usageErr("status: --datacenters: %v", err)
+	}
 	s, err := newOpConn(c)
 	if err != nil {
 		return err
 	}
 	group := c.String("group")
+	src := s.meshSource()
 	once := func(ctx context.Context) error {
-		v, err := s.readCluster(ctx)
+		read, _ := readMesh(ctx, src, dcs)
+		views, err := s.meshResult(read)
 		if err != nil {
 			return err
 		}
-		if group != "" && v.Groups[group] == nil {
-			return failErr("group %q not found in cluster %q (groups: %s)", group, s.cluster, strings.Join(v.GroupNames(), ", "))
+		if group != "" && !meshHasGroup(views, group) {
+			return failErr("group %q not found in cluster %q (groups: %s%s)", group, s.cluster, strings.Join(meshGroupNames(views), ", "), notReadHint(views))
 		}
-		doc := buildStatus(s.cluster, v, group, goal)
+		doc := buildMeshStatus(s.cluster, views, group, goal)
 		if format == "table" {
 			renderStatus(s.out, doc)
 			return nil
