@@ -122,6 +122,10 @@ type Agent struct {
 	autoChecks atomic.Pointer[[]string]
 	// loopWaitNs mirrors dyn.LoopWait for the leader keepalive.
 	loopWaitNs atomic.Int64
+	// queries and queriesChanged hand the prepared-query setting to
+	// keepQueries (queries.go).
+	queries        atomic.Pointer[queriesSetting]
+	queriesChanged chan struct{}
 	// downAsLeaderSince: when PostgreSQL was first seen down while this
 	// member held the lock (primary_start_timeout).
 	downAsLeaderSince time.Time
@@ -161,13 +165,14 @@ func New(cfg *Config, log *zap.Logger) (*Agent, error) {
 	}
 	log = log.With(zap.String("cluster", cfg.Cluster), zap.String("group", cfg.Group), zap.String("member", cfg.Name))
 	a := &Agent{
-		cfg:         cfg,
-		log:         log,
-		kv:          kv,
-		wake:        make(chan struct{}, 1),
-		manual:      make(chan manualRequest),
-		dyn:         cfg.Bootstrap.DCS.ClusterConfig(),
-		slotMembers: map[string]time.Time{},
+		cfg:            cfg,
+		log:            log,
+		kv:             kv,
+		wake:           make(chan struct{}, 1),
+		queriesChanged: make(chan struct{}, 1),
+		manual:         make(chan manualRequest),
+		dyn:            cfg.Bootstrap.DCS.ClusterConfig(),
+		slotMembers:    map[string]time.Time{},
 	}
 	a.lock = kv.NewLock(cfg.Group, cfg.Name, a.lockOptions())
 	a.reg = newRegistrar(a)
@@ -487,6 +492,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer stopFence()
 	go a.leaseFence(fenceCtx)
 	go a.leaderKeepalive(fenceCtx)
+	go a.keepQueries(watchCtx)
 
 	for {
 		err := a.runOnce(ctx)

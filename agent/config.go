@@ -214,6 +214,8 @@ type DynamicConfig struct {
 	Replication          string             `yaml:"replication"`
 	PrimaryStartTimeout  *consulkv.Duration `yaml:"primary_start_timeout"`
 	FailsafeMode         *bool              `yaml:"failsafe_mode"`
+	Datacenters          []string           `yaml:"datacenters"`
+	PreparedQueries      *bool              `yaml:"prepared_queries"`
 }
 
 // ClusterConfig converts to the stored form (defaults filled).
@@ -231,6 +233,8 @@ func (d DynamicConfig) ClusterConfig() consulkv.ClusterConfig {
 		Replication:          d.Replication,
 		PrimaryStartTimeout:  d.PrimaryStartTimeout,
 		FailsafeMode:         d.FailsafeMode,
+		Datacenters:          d.Datacenters,
+		PreparedQueries:      d.PreparedQueries,
 	}.WithDefaults()
 }
 

@@ -89,6 +89,7 @@ func (a *Agent) observe(ctx context.Context) Observation {
 	// Automatic session checks may have been decided since the last round.
 	a.lock.SetOptions(a.lockOptions())
 	a.loopWaitNs.Store(int64(a.dyn.LoopWait.D()))
+	a.noteQueriesSetting(a.dyn)
 	o.Config = a.dyn
 	o.Paused = a.dyn.GroupPaused(a.cfg.Group)
 

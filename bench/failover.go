@@ -32,10 +32,14 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 	runs := fs.Int("runs", 5, "number of kill -9 runs (the figures are medians over them)")
 	poll := fs.Duration("poll", 20*time.Millisecond, "how often the clients try to write")
 	viaHAProxy := fs.Bool("haproxy", true, "also time the first write through HAProxy configured by pgmesh's renderer (builtin template, runtime-API hook)")
+	fastGossip := fs.Bool("fast-gossip", false, "with -hosts: tune the bed's Consul agents' gossip_lan (probe_interval 200ms, probe_timeout 100ms, suspicion_mult 2, gossip_interval 100ms)")
 	hosts := fs.Bool("hosts", false, "model hosts as production runs them: 3 Consul servers, one Consul client agent per member (its agent talks to it), and the kill takes the client agent too")
 	ctx, p, err := e.parseProfile(ctx, fs, args, 40*time.Minute)
 	if err != nil {
 		return err
+	}
+	if *fastGossip && !*hosts {
+		return errors.New("-fast-gossip tunes the host bed's Consul agents: use it with -hosts")
 	}
 	if !*hosts && containsString(p.SessionChecks, "serfHealth") {
 		return fmt.Errorf("profile %s ties the session to serfHealth: run it with -hosts (without a Consul agent per host, the node whose serfHealth the sessions follow never dies)", p.Name)
@@ -46,12 +50,16 @@ func runFailover(ctx context.Context, e *env, args []string) error {
 	}
 	var hb *hostBed
 	if *hosts {
-		if hb, err = newHostBed(ctx, e, &o); err != nil {
+		if hb, err = newHostBed(ctx, e, &o, *fastGossip); err != nil {
 			return err
 		}
 		printf("# unplanned failover on hosts: 3 Consul servers (the demo's + 2 joined), 1 group x 3 members, each member a host with its own Consul client agent;\n")
 		printf("# kill -9 of the primary's host (Consul client agent + pgmesh agent + fence watchdog + postmaster + backends)\n")
-		printf("# gossip: Consul's LAN defaults (no gossip_lan block: probe_interval 1s, probe_timeout 500ms, suspicion_mult 4, gossip_interval 200ms)\n")
+		if *fastGossip {
+			printf("# gossip: tuned on the bed's agents (gossip_lan: probe_interval 200ms, probe_timeout 100ms, suspicion_mult 2, gossip_interval 100ms); the demo's first server keeps Consul's defaults\n")
+		} else {
+			printf("# gossip: Consul's LAN defaults (no gossip_lan block: probe_interval 1s, probe_timeout 500ms, suspicion_mult 4, gossip_interval 200ms)\n")
+		}
 	} else {
 		printf("# unplanned failover: 1 group x 3 members, kill -9 of the primary's host (agent + fence watchdog + postmaster + backends)\n")
 	}

@@ -31,7 +31,8 @@ import (
 //
 // Gossip runs on Consul's production defaults: no gossip_lan block (probe
 // interval 1s, probe timeout 500ms, suspicion_mult 4, gossip interval
-// 200ms), unlike `consul agent -dev`, which tunes them to 100ms.
+// 200ms), unlike `consul agent -dev`, which tunes them to 100ms — unless
+// -fast-gossip gives the bed's agents fastGossipLAN.
 type hostBed struct {
 	e       *env
 	bin     string
@@ -42,6 +43,20 @@ type hostBed struct {
 	clients map[string]*consulProc
 	api     *api.Client // reads through the demo's server
 }
+
+// fastGossipLAN is the gossip tuning -fast-gossip gives every agent of the
+// bed but the demo's first server: serf then calls a dead node dead within
+// about a second instead of five. It is a datacenter-wide decision with a
+// cost (a probe every 200ms from every agent, and a 100ms probe timeout that
+// a loaded host can miss), which is why it is a flag and not the bed's
+// default.
+const fastGossipLAN = `gossip_lan {
+  probe_interval = "200ms"
+  probe_timeout = "100ms"
+  suspicion_mult = 2
+  gossip_interval = "100ms"
+}
+`
 
 // consulProc is one Consul agent process of the bed.
 type consulProc struct {
@@ -70,7 +85,7 @@ func hostPorts(base int) (servers [2][4]int, client func(i int) (http, serf int)
 // two extra servers and one client agent per member (they join the demo's
 // server once it runs), and points every member's agent at its own client
 // agent. Call it before demo.Start.
-func newHostBed(ctx context.Context, e *env, o *demo.Options) (*hostBed, error) {
+func newHostBed(ctx context.Context, e *env, o *demo.Options, fastGossip bool) (*hostBed, error) {
 	if o.Groups != 1 {
 		return nil, errors.New("host bed: one group only")
 	}
@@ -78,6 +93,10 @@ func newHostBed(ctx context.Context, e *env, o *demo.Options) (*hostBed, error) 
 		return nil, errors.New("host bed: at most 40 members")
 	}
 	hb := &hostBed{e: e, dir: e.workDir + "-hosts", clients: map[string]*consulProc{}, bin: o.ConsulBin}
+	gossip := ""
+	if fastGossip {
+		gossip = fastGossipLAN
+	}
 	hb.cleanLeftovers()
 	if err := os.RemoveAll(hb.dir); err != nil {
 		return nil, err
@@ -122,7 +141,7 @@ ports {
   grpc = -1
   grpc_tls = -1
 }
-`, n.node, filepath.Join(hb.dir, n.node, "data"), demoSerf, p[0], p[1], p[2], p[3])
+%s`, n.node, filepath.Join(hb.dir, n.node, "data"), demoSerf, p[0], p[1], p[2], p[3], gossip)
 		if err := hb.write(n, hcl); err != nil {
 			return nil, err
 		}
@@ -155,7 +174,7 @@ ports {
   grpc = -1
   grpc_tls = -1
 }
-`, n.node, filepath.Join(hb.dir, n.node, "data"), strings.Join(join, ", "), http, serf)
+%s`, n.node, filepath.Join(hb.dir, n.node, "data"), strings.Join(join, ", "), http, serf, gossip)
 		if err := hb.write(n, hcl); err != nil {
 			return nil, err
 		}

@@ -413,6 +413,17 @@ type ClusterConfig struct {
 	// reach Consul either and will not take over; without it the leader
 	// demotes when its lease runs out. Unset: on (see FailsafeOn).
 	FailsafeMode *bool `json:"failsafe_mode,omitempty"`
+	// Datacenters lists the Consul datacenters of the mesh: the prepared
+	// queries fail over to them after the nearest ones (query.go).
+	Datacenters []string `json:"datacenters,omitempty"`
+	// PreparedQueries: the agents keep <cluster>-write and <cluster>-read
+	// in their datacenter. Unset: on.
+	PreparedQueries *bool `json:"prepared_queries,omitempty"`
+}
+
+// QueriesOn is prepared_queries with the default (on) applied.
+func (c ClusterConfig) QueriesOn() bool {
+	return c.PreparedQueries == nil || *c.PreparedQueries
 }
 
 // FailsafeOn is failsafe_mode with pgmesh's default applied: on, unlike
@@ -558,6 +569,11 @@ func (v *ClusterConfig) Validate() error {
 	for k := range c.Parameters {
 		if k == "" || strings.ContainsAny(k, " \t\n='") {
 			return fmt.Errorf("parameters: %q is not a PostgreSQL parameter name", k)
+		}
+	}
+	for _, dc := range c.Datacenters {
+		if dc == "" || strings.ContainsAny(dc, " \t\n/.") {
+			return fmt.Errorf("datacenters: %q is not a Consul datacenter name", dc)
 		}
 	}
 	switch c.SyncMode() {

@@ -82,7 +82,7 @@ func configYAML(c consulkv.ClusterConfig) string {
 
 // settableKeys are the keys `config set` takes; pause state has its own
 // commands because they also know how to wait for the agents.
-var settableKeys = []string{"ttl", "loop_wait", "retry_timeout", "lock_delay", "maximum_lag_on_failover", "primary_start_timeout", "failsafe_mode", "parameters.<name>"}
+var settableKeys = []string{"ttl", "loop_wait", "retry_timeout", "lock_delay", "maximum_lag_on_failover", "primary_start_timeout", "failsafe_mode", "datacenters", "prepared_queries", "parameters.<name>"}
 
 // applySet applies key=value assignments to cfg. An empty value (or
 // "null") for parameters.<name> removes the parameter.
@@ -138,6 +138,22 @@ func applySet(cfg *consulkv.ClusterConfig, args []string) error {
 				return fmt.Errorf("failsafe_mode: %q is not true or false", val)
 			}
 			cfg.FailsafeMode = &b
+			continue
+		case "prepared_queries":
+			b, err := strconv.ParseBool(val)
+			if err != nil {
+				return fmt.Errorf("prepared_queries: %q is not true or false", val)
+			}
+			cfg.PreparedQueries = &b
+			continue
+		case "datacenters":
+			// Comma-separated; empty clears the list.
+			cfg.Datacenters = nil
+			for _, dc := range strings.Split(val, ",") {
+				if dc = strings.TrimSpace(dc); dc != "" {
+					cfg.Datacenters = append(cfg.Datacenters, dc)
+				}
+			}
 			continue
 		case "pause", "paused_groups":
 			return fmt.Errorf("%s: use `pgmesh pause` / `pgmesh resume`", key)

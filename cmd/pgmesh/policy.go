@@ -45,6 +45,7 @@ func ConsulPolicy(kind, cluster, prefix, node string) (string, error) {
 		}
 		fmt.Fprintf(&b, "\n# The member's service registration and its checks.\nservice %s {\n  policy = \"write\"\n}\n", svc)
 		b.WriteString("\n# Sessions tied to node checks, and the catalog view of nodes.\nnode_prefix \"\" {\n  policy = \"read\"\n}\n")
+		fmt.Fprintf(&b, "\n# The prepared queries %s-write and %s-read in this datacenter.\nquery_prefix %s {\n  policy = \"write\"\n}\n", cluster, cluster, strconv.Quote(cluster+"-"))
 	case "readonly":
 		fmt.Fprintf(&b, "\nkey_prefix %s {\n  policy = \"read\"\n}\n", keys)
 		fmt.Fprintf(&b, "\n# Health of the cluster's service (render's server list).\nservice %s {\n  policy = \"read\"\n}\n", svc)

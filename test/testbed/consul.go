@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,8 +20,12 @@ type Consul struct {
 	// HTTPAddr is host:port of the HTTP API; DNSAddr of the DNS server.
 	HTTPAddr string
 	DNSAddr  string
-	Dir      string
-	NodeName string
+	// SerfWANAddr is the WAN gossip address other datacenters join.
+	SerfWANAddr string
+	// Datacenter is the agent's datacenter.
+	Datacenter string
+	Dir        string
+	NodeName   string
 	// ManagementToken is the initial management token when the agent runs
 	// with ACLs (ConsulOptions.ACL); Client uses it.
 	ManagementToken string
@@ -60,6 +65,11 @@ type ConsulOptions struct {
 	// production Consul agent beside pgmesh members with TLS does. Not
 	// combined with TLS.
 	CheckTLS *APITLS
+	// Datacenter names the agent's datacenter (default dc1); JoinWAN lists
+	// other datacenters' servers (their Consul.SerfWANAddr) to join over
+	// the WAN pool: several Consul datacenters on one machine.
+	Datacenter string
+	JoinWAN    []string
 }
 
 // StartConsul starts a Consul server in dev-like single-node mode with a
@@ -92,13 +102,15 @@ func tryStartConsul(t testing.TB, opts ConsulOptions) (*Consul, error) {
 	dir := t.TempDir()
 	http, dns, server, serfLAN, serfWAN := FreePort(t), FreePort(t), FreePort(t), FreePort(t), FreePort(t)
 	c := &Consul{
-		HTTPAddr: fmt.Sprintf("127.0.0.1:%d", http),
-		DNSAddr:  fmt.Sprintf("127.0.0.1:%d", dns),
-		Dir:      dir,
-		NodeName: "testnode",
-		t:        t,
-		bin:      bin,
-		logPath:  filepath.Join(dir, "consul.log"),
+		HTTPAddr:    fmt.Sprintf("127.0.0.1:%d", http),
+		DNSAddr:     fmt.Sprintf("127.0.0.1:%d", dns),
+		SerfWANAddr: fmt.Sprintf("127.0.0.1:%d", serfWAN),
+		Datacenter:  "dc1",
+		Dir:         dir,
+		NodeName:    "testnode",
+		t:           t,
+		bin:         bin,
+		logPath:     filepath.Join(dir, "consul.log"),
 	}
 	hcl := fmt.Sprintf(`
 server = true
@@ -125,6 +137,18 @@ ports {
 performance { raft_multiplier = 1 }
 dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
 `, c.NodeName, filepath.Join(dir, "data"), opts.SessionTTLMin.String(), http, dns, server, serfLAN, serfWAN)
+	if opts.Datacenter != "" {
+		c.Datacenter = opts.Datacenter
+		hcl = strings.Replace(hcl, fmt.Sprintf("node_name = %q", c.NodeName), fmt.Sprintf("node_name = %q\ndatacenter = %q", "testnode-"+opts.Datacenter, opts.Datacenter), 1)
+		c.NodeName = "testnode-" + opts.Datacenter
+	}
+	if len(opts.JoinWAN) > 0 {
+		var join []string
+		for _, j := range opts.JoinWAN {
+			join = append(join, strconv.Quote(j))
+		}
+		hcl += fmt.Sprintf("retry_join_wan = [%s]\nretry_interval_wan = \"500ms\"\n", strings.Join(join, ", "))
+	}
 	if opts.TLS {
 		if err := c.makeCerts(); err != nil {
 			return nil, err
