@@ -18,16 +18,22 @@ import (
 // after one interval, keeps a 2.5s lock-delay safe (a 1.5s freeze of the agent included) and lets one slow or failed
 // renew pass without fencing a healthy primary. Each renew pushes the
 // fence watchdog's deadline out (only while the loop keeps it armed). A
-// TTL-only session needs none of this: its lease is ttl/2 − margin and the
-// loop's renew suffices.
+// TTL-only session needs no renews of its own (its lease is ttl/2 − margin
+// and the loop's renew suffices), but when the loop's renew is overdue —
+// stuck in a Consul call that hangs while the servers restart or elect —
+// the keepalive runs the failsafe round, which the loop would reach only
+// after its lease ran out (seen in the fault suite: a 3.8s Consul restart
+// at ttl 4s cost a failover, where the next run with the same seed rode it
+// out).
 func (a *Agent) leaderKeepalive(ctx context.Context) {
 	failing := false
 	for {
 		held := a.lock.Held()
 		every := time.Second
-		if held != nil && held.Checks != "" {
-			lease := held.LeaseUntil().Sub(held.RenewedAt)
-			every = consulkv.KeepaliveInterval(held.LockDelay, lease, a.loopWait(), true)
+		var lease time.Duration
+		if held != nil {
+			lease = held.LeaseUntil().Sub(held.RenewedAt)
+			every = consulkv.KeepaliveInterval(held.LockDelay, lease, a.loopWait(), held.Checks != "")
 		}
 		select {
 		case <-ctx.Done():
@@ -35,7 +41,13 @@ func (a *Agent) leaderKeepalive(ctx context.Context) {
 		case <-time.After(every):
 		}
 		// A start or promotion renews on its own (asLeader).
-		if held == nil || held.Checks == "" || !a.State().Writable || a.leaderStarting.Load() {
+		if held == nil || !a.State().Writable || a.leaderStarting.Load() {
+			continue
+		}
+		if held.Checks == "" {
+			if cur := a.lock.Held(); cur != nil && time.Since(cur.RenewedAt) > lease/2 {
+				a.keepaliveFailsafe(ctx)
+			}
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, every)

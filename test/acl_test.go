@@ -17,7 +17,8 @@ import (
 // with exactly the policies `pgmesh consul-policy` prints: the agents
 // bootstrap, register and fail over with the agent token; status and render
 // work with the read-only token; a switchover with the operator token; DNS
-// with the anonymous token carrying the dns policy. A token missing one
+// (the service and the prepared query) with the anonymous token carrying the
+// dns policy. A token missing one
 // rule, or none at all, gets an error naming what Consul refused.
 func TestConsulACL(t *testing.T) {
 	c := testbed.StartConsul(t, testbed.ConsulOptions{ACL: true})
@@ -81,6 +82,16 @@ func TestConsulACL(t *testing.T) {
 	// DNS with the anonymous token.
 	testbed.Eventually(t, 30*time.Second, "DNS answers the primary", func() error {
 		ports, err := srvPorts(c.DNSAddr, "primary.itest.service.consul")
+		if err != nil || !samePorts(ports, portsOf(g, leader)) {
+			return fmt.Errorf("SRV %v (%v), want %v", ports, err, portsOf(g, leader))
+		}
+		return nil
+	})
+
+	// The agent token's query_prefix rule lets the agents keep the prepared
+	// queries, and the anonymous token (dns policy) resolves them.
+	testbed.Eventually(t, 30*time.Second, "itest-write.query.consul answers the primary", func() error {
+		ports, err := srvPorts(c.DNSAddr, "itest-write.query.consul")
 		if err != nil || !samePorts(ports, portsOf(g, leader)) {
 			return fmt.Errorf("SRV %v (%v), want %v", ports, err, portsOf(g, leader))
 		}

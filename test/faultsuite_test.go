@@ -426,12 +426,15 @@ func faultTTLChangeFreeze(r *rep) error {
 	g := r.e.g
 	p := newPgmeshCLI(r.t, r.e.c.HTTPAddr, "itest")
 	// kv-chaos may have left garbage in the config key (the agents run on
-	// their last good config meanwhile): store the suite's config again.
-	if _, idx, err := g.kv.ReadConfig(context.Background()); err != nil {
-		var de *consulkv.DecodeError
-		if !errors.As(err, &de) {
-			return fmt.Errorf("read config: %v", err)
-		}
+	// their last good config meanwhile), or a value that decodes as a config
+	// of defaults (`{"version":1,"member":42}`: loop_wait 2s, retry_timeout
+	// 5s, which ttl 4s below would break): store the suite's config again.
+	stored, idx, err := g.kv.ReadConfig(context.Background())
+	var de *consulkv.DecodeError
+	if err != nil && !errors.As(err, &de) {
+		return fmt.Errorf("read config: %v", err)
+	}
+	if err != nil || stored == nil || stored.LoopWait.D() != time.Second || stored.RetryTimeout.D() != 1500*time.Millisecond {
 		cfg := consulkv.ClusterConfig{Version: consulkv.ValueVersion, TTL: consulkv.Duration(fsTTL), LoopWait: consulkv.Duration(time.Second), RetryTimeout: consulkv.Duration(1500 * time.Millisecond)}
 		if r.e.mode == "sync" {
 			cfg.SynchronousMode, cfg.SynchronousNodeCount = consulkv.SyncOn, 1
@@ -439,7 +442,7 @@ func faultTTLChangeFreeze(r *rep) error {
 		if ok, err := g.kv.CAS(context.Background(), g.kv.ConfigKey(), &cfg, idx); err != nil || !ok {
 			return fmt.Errorf("restore the config key after kv-chaos: %v %v", ok, err)
 		}
-		r.notef("restored the config key kv-chaos had garbled")
+		r.notef("restored the config key kv-chaos had garbled or replaced")
 	}
 	if res := p.run("config", "set", "ttl=12s", "--force"); res.code != 0 {
 		return fmt.Errorf("config set ttl=12s: %s", res)
@@ -460,7 +463,7 @@ func faultTTLChangeFreeze(r *rep) error {
 	r.mark()
 	a.Signal(syscall.SIGSTOP)
 	defer a.Signal(syscall.SIGCONT)
-	err := waitNotWritable(a, 4800*time.Millisecond+2*time.Second)
+	err = waitNotWritable(a, 4800*time.Millisecond+2*time.Second)
 	time.Sleep(time.Until(r.marks[0].Add(d)))
 	r.notef("ttl 4s→12s, froze agent of leader %s for %s", r.leader, d.Round(100*time.Millisecond))
 	if err != nil {

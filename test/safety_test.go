@@ -161,9 +161,10 @@ func TestLeaseFollowsLiveLockDelayChange(t *testing.T) {
 	freezeLeader(t, g, fsLeaseMargin, 60*time.Second)
 }
 
-// TestUnsafeConfigIsNeverAdopted: with session checks, lock_delay 0 would
-// let a successor take the lock ~2s after a freeze while the old primary
-// keeps writing (and a negative fence deadline left the watchdog off).
+// TestUnsafeConfigIsNeverAdopted: with session checks, a lock_delay below
+// 1s (0 is automatic: 2.5s) would leave the leader's keepalive too little
+// room and, before the fence deadline followed lock-delay, let a successor
+// take the lock while the old primary kept writing.
 // config set and PATCH /config refuse it naming the rule; a value written
 // straight into Consul is not adopted (status says so) and a freeze still
 // fails over safely.
@@ -189,12 +190,12 @@ func TestUnsafeConfigIsNeverAdopted(t *testing.T) {
 		}
 		return nil
 	})
-	r := p.fails(1, []string{"session-checks-lock-delay rule broken", "loop_wait + retry_timeout + 0.5s = 3s", "nothing written"}, "config", "set", "lock_delay=0", "--force")
+	r := p.fails(1, []string{"session-checks-lock-delay rule broken", "must be 0 (automatic: 2.5s) or at least 1s", "nothing written"}, "config", "set", "lock_delay=500ms", "--force")
 	t.Logf("config set refused: %s", strings.TrimSpace(r.stderr))
-	p.fails(1, []string{"session-checks-lock-delay rule broken"}, "config", "set", "lock_delay=500ms", "--force")
-	code, body, err := patchJSON(g.members[leader].APIAddr, "/config", `{"lock_delay":"0s"}`)
+	p.fails(1, []string{"session-checks-lock-delay rule broken"}, "config", "set", "lock_delay=900ms", "--force")
+	code, body, err := patchJSON(g.members[leader].APIAddr, "/config", `{"lock_delay":"0.5s"}`)
 	if err != nil || code != 400 || !strings.Contains(body, "session-checks-lock-delay rule broken") {
-		t.Fatalf("PATCH /config lock_delay 0: %d %q %v", code, body, err)
+		t.Fatalf("PATCH /config lock_delay 0.5s: %d %q %v", code, body, err)
 	}
 
 	// Written past every check (an older pgmesh, a hand edit): not adopted.
@@ -206,7 +207,7 @@ func TestUnsafeConfigIsNeverAdopted(t *testing.T) {
 	if err != nil || pair == nil {
 		t.Fatalf("config key: %v", err)
 	}
-	unsafe := strings.Replace(string(pair.Value), `"lock_delay":"3s"`, `"lock_delay":"0s"`, 1)
+	unsafe := strings.Replace(string(pair.Value), `"lock_delay":"3s"`, `"lock_delay":"500ms"`, 1)
 	if unsafe == string(pair.Value) {
 		t.Fatalf("config value has no lock_delay 3s: %s", pair.Value)
 	}
