@@ -132,19 +132,16 @@ func applySet(cfg *consulkv.ClusterConfig, args []string) error {
 			}
 			cfg.MaximumLagOnFailover = n
 			continue
-		case "failsafe_mode":
+		case "failsafe_mode", "prepared_queries":
 			b, err := strconv.ParseBool(val)
 			if err != nil {
-				return fmt.Errorf("failsafe_mode: %q is not true or false", val)
+				return fmt.Errorf("%s: %q is not true or false", key, val)
 			}
-			cfg.FailsafeMode = &b
-			continue
-		case "prepared_queries":
-			b, err := strconv.ParseBool(val)
-			if err != nil {
-				return fmt.Errorf("prepared_queries: %q is not true or false", val)
+			if key == "failsafe_mode" {
+				cfg.FailsafeMode = &b
+			} else {
+				cfg.PreparedQueries = &b
 			}
-			cfg.PreparedQueries = &b
 			continue
 		case "datacenters":
 			// Comma-separated; empty clears the list.
