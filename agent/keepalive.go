@@ -19,12 +19,12 @@ import (
 // renew pass without fencing a healthy primary. Each renew pushes the
 // fence watchdog's deadline out (only while the loop keeps it armed). A
 // TTL-only session needs no renews of its own (its lease is ttl/2 − margin
-// and the loop's renew suffices), but when the loop's renew is overdue —
-// stuck in a Consul call that hangs while the servers restart or elect —
-// the keepalive runs the failsafe round, which the loop would reach only
-// after its lease ran out (seen in the fault suite: a 3.8s Consul restart
-// at ttl 4s cost a failover, where the next run with the same seed rode it
-// out).
+// and the loop's renew suffices), but when the loop's renew is overdue (half
+// the lease gone — the loop stuck in a Consul call that hangs while the
+// servers restart or elect) the keepalive renews, and if that fails runs the
+// failsafe round, which the loop would reach only after its lease ran out.
+// Only a failed renew leads to a round: asking the members while Consul
+// answers would only make them refuse.
 func (a *Agent) leaderKeepalive(ctx context.Context) {
 	failing := false
 	for {
@@ -45,10 +45,10 @@ func (a *Agent) leaderKeepalive(ctx context.Context) {
 			continue
 		}
 		if held.Checks == "" {
-			if cur := a.lock.Held(); cur != nil && time.Since(cur.RenewedAt) > lease/2 {
-				a.keepaliveFailsafe(ctx)
+			// TTL only: renew here only when the loop's renew is overdue.
+			if cur := a.lock.Held(); cur == nil || time.Since(cur.RenewedAt) <= lease/2 {
+				continue
 			}
-			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, every)
 		_, err := a.lock.RenewHeld(rctx)
