@@ -587,7 +587,9 @@ func TestStatusCommandAcrossDatacenters(t *testing.T) {
 					t.Errorf("has %q", nw)
 				}
 			}
+			c.fake.mu.Lock() // a cut-off datacenter's handler may still run
 			asked := slices.Clone(c.fake.asked)
+			c.fake.mu.Unlock()
 			slices.Sort(asked)
 			if !reflect.DeepEqual(asked, c.asked) {
 				t.Errorf("KV reads with ?dc= %q, want %q", asked, c.asked)
