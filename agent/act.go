@@ -127,6 +127,7 @@ func (a *Agent) act(ctx context.Context, o Observation, d Decision) error {
 			return nil
 		}
 		a.iAmLeaderNow = boolp(true)
+		a.holdsLock.Store(true)
 		a.quickRetries = 0
 		// Arm the watchdog before PostgreSQL becomes writable: if the agent
 		// freezes mid-promotion, nothing else would stop it. An agent that

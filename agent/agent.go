@@ -120,6 +120,9 @@ type Agent struct {
 	// autoChecks: the session checks automatic failure detection chose
 	// (nil until the Consul agent said what it is; detection.go).
 	autoChecks atomic.Pointer[[]string]
+	// holdsLock: this member holds the leader lock as far as the loop knows
+	// (set at the acquire, then by every publish) — for the keepalive.
+	holdsLock atomic.Bool
 	// loopWaitNs mirrors dyn.LoopWait for the leader keepalive.
 	loopWaitNs atomic.Int64
 	// queries and queriesChanged hand the prepared-query setting to

@@ -41,14 +41,22 @@ func (a *Agent) leaderKeepalive(ctx context.Context) {
 		case <-time.After(every):
 		}
 		// A start or promotion renews on its own (asLeader).
-		if held == nil || !a.State().Writable || a.leaderStarting.Load() {
+		if held == nil || a.leaderStarting.Load() {
 			continue
 		}
-		if held.Checks == "" {
-			// TTL only: renew here only when the loop's renew is overdue.
-			if cur := a.lock.Held(); cur == nil || time.Since(cur.RenewedAt) <= lease/2 {
-				continue
-			}
+		// Leading from the acquire on, not only once the loop has marked
+		// PostgreSQL writable at its end: the rest of a promoting loop
+		// (housekeeping, synchronous_standby_names) can outlast a short
+		// lease (seen: ttl 4s, fenced 1.6s after the acquire's renew).
+		leading := a.holdsLock.Load()
+		cur := a.lock.Held()
+		if cur == nil {
+			continue
+		}
+		// A leader with a session tied to checks renews every interval;
+		// anyone else only when the loop's renew is overdue.
+		if !(leading && held.Checks != "") && time.Since(cur.RenewedAt) <= lease/2 {
+			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, every)
 		_, err := a.lock.RenewHeld(rctx)
@@ -59,7 +67,9 @@ func (a *Agent) leaderKeepalive(ctx context.Context) {
 					zap.Duration("fence_in", time.Until(a.lock.FenceUntil()).Round(time.Millisecond)), zap.Error(err))
 			}
 			failing = true
-			a.keepaliveFailsafe(ctx)
+			if leading {
+				a.keepaliveFailsafe(ctx)
+			}
 			continue
 		}
 		if failing {

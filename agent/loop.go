@@ -465,6 +465,7 @@ func (a *Agent) publish(ctx context.Context, o Observation, d Decision) {
 			s.Message = ""
 		}
 		s.IsLeader = holds && leaseOK
+		a.holdsLock.Store(holds && leaseOK)
 		s.Writable = holds && leaseOK && role == consulkv.RolePrimary
 		s.PGRunning = local.Running
 		s.Timeline = local.Timeline
