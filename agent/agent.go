@@ -314,10 +314,7 @@ func (a *Agent) lockOptions() consulkv.LockOptions {
 // the lock at once and a successor may take it lock-delay later). Both
 // count from when that renew was sent, not from now.
 func (a *Agent) fenceDeadline(now time.Time) time.Duration {
-	u := a.lock.FenceUntil()
-	if h := a.failsafe.holdUntil(); h.After(u) {
-		u = h // every member confirmed failsafe (failsafe.go)
-	}
+	u := a.leaseUntil()
 	if u.IsZero() {
 		return 0
 	}

@@ -73,6 +73,13 @@ func (f *failsafeState) configure(enabled bool, ttl time.Duration, g *consulkv.G
 	}
 }
 
+// settings is the mode and ttl the loop last adopted.
+func (f *failsafeState) settings() (enabled bool, ttl time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.enabled, f.ttl
+}
+
 // holdUntil is the end of the leader's failsafe hold (zero: none).
 func (f *failsafeState) holdUntil() time.Time {
 	f.mu.Lock()
@@ -99,9 +106,7 @@ func (f *failsafeState) promise(now time.Time) (string, time.Time) {
 // Failsafe implements health.FailsafeController: it judges a leader's
 // request as described above.
 func (a *Agent) Failsafe(ctx context.Context, req health.FailsafeRequest) (health.FailsafeAnswer, error) {
-	a.failsafe.mu.Lock()
-	enabled, ttl := a.failsafe.enabled, a.failsafe.ttl
-	a.failsafe.mu.Unlock()
+	enabled, ttl := a.failsafe.settings()
 	if !enabled {
 		return health.FailsafeAnswer{}, health.ErrFailsafeOff
 	}

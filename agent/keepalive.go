@@ -87,9 +87,7 @@ func (a *Agent) leaderKeepalive(ctx context.Context) {
 // shorter than a loop, so waiting for the loop's round would fence the
 // primary first. It asks again only when less than half the hold is left.
 func (a *Agent) keepaliveFailsafe(ctx context.Context) {
-	a.failsafe.mu.Lock()
-	enabled, ttl := a.failsafe.enabled, a.failsafe.ttl
-	a.failsafe.mu.Unlock()
+	enabled, ttl := a.failsafe.settings()
 	if !enabled || time.Until(a.failsafe.holdUntil()) > ttl*2/5 {
 		return
 	}
