@@ -37,6 +37,7 @@ type Config struct {
 
 // Client is pgmesh's typed view of one cluster's Consul data.
 type Client struct {
+	cfg     Config
 	api     *api.Client
 	prefix  string
 	cluster string
@@ -93,8 +94,21 @@ func New(cfg Config) (*Client, error) {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	return &Client{api: cl, prefix: prefix, cluster: cfg.Cluster, timeout: timeout}, nil
+	return &Client{cfg: cfg, api: cl, prefix: prefix, cluster: cfg.Cluster, timeout: timeout}, nil
 }
+
+// InDatacenter returns a client for the same cluster in another Consul
+// datacenter, reached through the same agent (?dc=): its KV, sessions and
+// catalog are that datacenter's.
+func (c *Client) InDatacenter(dc string) (*Client, error) {
+	cfg := c.cfg
+	cfg.Datacenter = dc
+	return New(cfg)
+}
+
+// Datacenter is the datacenter the client was configured for ("" = the
+// local agent's).
+func (c *Client) Datacenter() string { return c.cfg.Datacenter }
 
 // API exposes the underlying consul/api client (service registration, DNS
 // helpers and tests use it).

@@ -19,6 +19,10 @@ type WatchOptions struct {
 	MaxBackoff time.Duration
 	// OnError, if set, is told about every failed query.
 	OnError func(error)
+	// OnSuccess, if set, is told about every query that succeeded, changed
+	// or not (WatchPrefix): how a watcher learns that a source that failed
+	// is back although nothing under the prefix changed.
+	OnSuccess func()
 	// MinInterval, if set, is the shortest time between two deliveries:
 	// under write load a prefix changes every few milliseconds (members
 	// publish their WAL positions), and a consumer that re-reads the whole
@@ -60,6 +64,9 @@ func (c *Client) WatchPrefix(ctx context.Context, prefix string, o WatchOptions,
 			continue
 		}
 		bo.Reset()
+		if o.OnSuccess != nil {
+			o.OnSuccess()
+		}
 		switch {
 		case newIndex < index:
 			index = 0

@@ -19,6 +19,9 @@ import (
 //
 //	cluster: mesh1               # Consul service / KV cluster name
 //	local_group: n1              # group this router sits beside (optional)
+//	datacenters: [dc1, dc2, dc3] # Consul datacenters the mesh spans (default:
+//	                             # the cluster config's, else every one Consul
+//	                             # knows when it knows more than one)
 //	consul:                      # default: CONSUL_HTTP_ADDR/CONSUL_HTTP_TOKEN
 //	  address: 127.0.0.1:8500
 //	  token: ""
@@ -51,11 +54,13 @@ import (
 // Unknown keys are errors, so a typo does not silently fall back to a
 // default.
 type Config struct {
-	Cluster    string            `yaml:"cluster"`
-	LocalGroup string            `yaml:"local_group"`
-	Consul     ConsulConfig      `yaml:"consul"`
-	Debounce   consulkv.Duration `yaml:"debounce"`
-	MaxDelay   consulkv.Duration `yaml:"max_delay"`
+	Cluster    string `yaml:"cluster"`
+	LocalGroup string `yaml:"local_group"`
+	// Datacenters are the Consul datacenters to read (Options.Datacenters).
+	Datacenters []string          `yaml:"datacenters"`
+	Consul      ConsulConfig      `yaml:"consul"`
+	Debounce    consulkv.Duration `yaml:"debounce"`
+	MaxDelay    consulkv.Duration `yaml:"max_delay"`
 	// AllowEmpty installs outputs rendered from a mesh with no member
 	// address (Options.AllowEmpty); off by default.
 	AllowEmpty bool          `yaml:"allow_empty"`
@@ -132,6 +137,11 @@ func (c *Config) Check() error {
 	if c.LocalGroup != "" {
 		if err := consulkv.ValidName("local_group", c.LocalGroup); err != nil {
 			return fmt.Errorf("render config: %w", err)
+		}
+	}
+	for _, dc := range c.Datacenters {
+		if dc == "" || strings.ContainsAny(dc, " \t\n/.?&#") {
+			return fmt.Errorf("render config: datacenters: %q is not a Consul datacenter name", dc)
 		}
 	}
 	if c.Debounce < 0 || c.MaxDelay < 0 {

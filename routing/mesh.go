@@ -27,6 +27,16 @@ type Mesh struct {
 	// may list members (a token that may read the service but not the
 	// keys, a wrong prefix): leaders and roles are unknown.
 	NoKV bool
+	// Datacenter is the renderer's own datacenter ("" when the mesh was
+	// read from the local datacenter only and its name is unknown).
+	Datacenter string
+	// Datacenters are the datacenters read, in preference order (the local
+	// one first, then by round-trip time); empty for a mesh read from the
+	// local datacenter only (BuildMesh).
+	Datacenters []Datacenter
+	// Problems are inconsistencies found while merging datacenters (a
+	// group in two of them).
+	Problems []string
 }
 
 // Servers counts the members with a PostgreSQL address, i.e. what a
@@ -48,6 +58,9 @@ type Group struct {
 	Name string
 	// Local is true for the renderer's own group.
 	Local bool
+	// Datacenter is the Consul datacenter the group lives in ("" when the
+	// mesh was read from the local datacenter only).
+	Datacenter string
 	// Leader is the member holding the group's leader key ("" = none).
 	Leader string
 	// LastLSN is the group's reference WAL position: the leader's last
@@ -395,22 +408,32 @@ func (m *Mesh) GroupNames() []string {
 	return out
 }
 
-// LocalFirst returns the groups with the local group first and the others
-// by name. Without a local group (or when it is not in the mesh) it is
-// plain name order, so the first group by name is preferred.
+// LocalFirst returns the groups in the order routing prefers them: the
+// local group first, then the others by datacenter (Mesh.Datacenters order:
+// the local datacenter, then the others nearest first) and by name within
+// a datacenter. For a mesh read from one datacenter, without a local group
+// (or when it is not in the mesh), it is plain name order, so the first
+// group by name is preferred.
 func (m *Mesh) LocalFirst() []*Group {
+	rank := map[string]int{}
+	for i, d := range m.Datacenters {
+		rank[d.Name] = i
+	}
 	out := make([]*Group, 0, len(m.Groups))
 	for _, g := range m.Groups {
 		if g.Local {
 			out = append(out, g)
 		}
 	}
+	rest := make([]*Group, 0, len(m.Groups))
 	for _, g := range m.Groups {
 		if !g.Local {
-			out = append(out, g)
+			rest = append(rest, g)
 		}
 	}
-	return out
+	// m.Groups is in name order; a stable sort keeps it within a datacenter.
+	sort.SliceStable(rest, func(i, j int) bool { return rank[rest[i].Datacenter] < rank[rest[j].Datacenter] })
+	return append(out, rest...)
 }
 
 // Preferred is the group writes and reads go to first: LocalFirst()[0], or

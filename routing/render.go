@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"text/template"
 	"time"
@@ -97,6 +98,11 @@ type Options struct {
 	AllowEmpty bool
 	// Metrics, when set, counts renders, reloads and failures.
 	Metrics *Metrics
+	// Datacenters are the Consul datacenters the mesh spans, read through
+	// Client's agent (?dc=). Empty: the cluster config's datacenters, else
+	// every datacenter Consul knows when it knows more than one, else the
+	// local datacenter alone.
+	Datacenters []string
 }
 
 // ErrEmptyMesh: the mesh read from Consul has no member with an address,
@@ -116,6 +122,17 @@ type Renderer struct {
 	primaries map[string]string
 	// emptyLogged is the empty-mesh refusal last logged ("" none).
 	emptyLogged string
+	// problemsLogged are the merge problems last logged.
+	problemsLogged string
+
+	// Datacenters (across.go): the local one's name once known, a client
+	// per other datacenter, and the last preference order with the
+	// round-trip times it came from.
+	localDC   string
+	dcMu      sync.Mutex
+	dcClients map[string]*consulkv.Client
+	dcOrder   []string
+	dcRTT     map[string]time.Duration
 }
 
 type entryState struct {
@@ -257,9 +274,12 @@ func (r *Renderer) Mesh(ctx context.Context) (*Mesh, error) {
 	if err != nil {
 		return nil, err
 	}
-	entries, _, err := r.health(ctx, 0)
+	entries, _, err := r.health(ctx, r.opts.Client, 0)
 	if err != nil {
 		return nil, fmt.Errorf("health of service %q: %w", r.cluster, err)
+	}
+	if dcs := r.wantedDatacenters(ctx, view.Config); len(dcs) > 0 {
+		return r.readAcross(ctx, DatacenterView{View: view, Entries: entries}, dcs), nil
 	}
 	return r.build(view, entries), nil
 }

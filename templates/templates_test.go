@@ -236,3 +236,56 @@ func TestHAProxyTemplateChecksHTTPSAgents(t *testing.T) {
 		t.Fatalf("default CA:\n%s", cfg)
 	}
 }
+
+// TestTemplatesAcrossDatacenters: with groups in three datacenters (local
+// dc1; dc3 nearer than dc2) the write listener's backups and the services'
+// host lists go nearest datacenter first, and each group names its
+// datacenter.
+func TestTemplatesAcrossDatacenters(t *testing.T) {
+	m := testMesh()
+	m.LocalGroup = ""
+	m.Groups[1].Local = false
+	m.Datacenter = "dc1"
+	m.Groups[0].Datacenter, m.Groups[1].Datacenter, m.Groups[2].Datacenter = "dc2", "dc1", "dc3"
+	m.Datacenters = []routing.Datacenter{{Name: "dc1", Local: true, Reachable: true},
+		{Name: "dc3", RTT: 20 * time.Millisecond, HasRTT: true, Reachable: true},
+		{Name: "dc2", RTT: 80 * time.Millisecond, HasRTT: true, Reachable: true}}
+	// n3 (dc3) gets a writable primary so the order of primaries shows.
+	m.Groups[2].Leader = "n3-a"
+	m.Groups[2].Members[0].Leader, m.Groups[2].Members[0].Role, m.Groups[2].Members[0].ServiceRole, m.Groups[2].Members[0].Healthy = true, "primary", "primary", true
+
+	cfg := render(t, "haproxy.cfg.tmpl", m, routing.DataConfig{Bind: "127.0.0.1"})
+	if !strings.Contains(cfg, "# Datacenters, nearest first: dc1 (local), dc3, dc2.") {
+		t.Fatalf("no datacenter line:\n%s", cfg)
+	}
+	write := section(cfg, "listen write")
+	var servers []string
+	for _, l := range strings.Split(write, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && (f[0] == "server" || f[0] == "#") {
+			servers = append(servers, strings.Join(f[:2], " ")+map[bool]string{true: " backup", false: ""}[strings.HasSuffix(l, " backup")])
+		}
+	}
+	want := []string{"# group", "server n2.n2-a", "server n2.n2-b", "# group", "server n3.n3-a backup", "# group", "server n1.n1-a backup", "server n1.n1-b backup"}
+	if !reflect.DeepEqual(servers, want) {
+		t.Fatalf("write listener %v, want %v:\n%s", servers, want, write)
+	}
+	for _, l := range []string{"    # group n2, datacenter dc1", "    # group n3, datacenter dc3", "    # group n1, datacenter dc2", "# Group n3 (datacenter dc3): its primary only."} {
+		if !strings.Contains(cfg, l+"\n") {
+			t.Errorf("no %q", l)
+		}
+	}
+	haproxyCheck(t, cfg)
+
+	svc := render(t, "pg_service.conf.tmpl", m, routing.DataConfig{})
+	if s := section(svc, "[mesh1-any-writable]"); !strings.Contains(s, "port=5412,5421,5401,5411,5402\n") {
+		t.Fatalf("any-writable not nearest first:\n%s", s)
+	}
+	if s := section(svc, "[mesh1-n3]"); !strings.Contains(s, "# primary: n3-a; datacenter dc3") {
+		t.Fatalf("n3 service:\n%s", s)
+	}
+
+	// Read from one datacenter, nothing about datacenters is written.
+	if out := render(t, "haproxy.cfg.tmpl", testMesh(), routing.DataConfig{}); strings.Contains(out, "atacenter") {
+		t.Fatalf("single datacenter output mentions datacenters")
+	}
+}

@@ -38,6 +38,7 @@ Configuration file (--config), every key optional unless noted:
 
   cluster: mesh1                 # required here, with --cluster or PGMESH_CLUSTER
   local_group: n1                # the group this router sits beside
+  datacenters: [dc1, dc2, dc3]   # a mesh across Consul datacenters (see below)
   consul: {address: 127.0.0.1:8500, token: "", prefix: pgmesh, datacenter: "",
            ca_file: "", cert_file: "", key_file: "", tls_server_name: ""}
   debounce: 200ms                # quiet period before installing a change
@@ -69,8 +70,17 @@ cluster, a wrong --cluster or --prefix, Consul answering nothing) is never
 installed: the last good file stays, --once exits 1 and the continuous mode
 logs why until the mesh is back. allow_empty / --allow-empty turns that off.
 
+A mesh across Consul datacenters: every datacenter in datacenters (or
+--datacenters; default the cluster config's datacenters, else every datacenter
+Consul knows when it knows more than one) is read through the local agent
+(?dc=). Groups are ordered local group first, then the local datacenter's other
+groups, then the other datacenters nearest first by round-trip time (Consul's
+WAN coordinates, re-read every 30s; an order changes only for a difference of
+20 % and at least 2ms). A datacenter that cannot be read keeps the groups last
+read from it (HAProxy checks the agents directly) and is logged as unreachable.
+
 Flags win over the file, the file over the environment (CONSUL_HTTP_ADDR,
-CONSUL_HTTP_TOKEN, PGMESH_CLUSTER, PGMESH_LOCAL_GROUP). --template/--dest add
+CONSUL_HTTP_TOKEN, PGMESH_CLUSTER, PGMESH_LOCAL_GROUP, PGMESH_DATACENTERS). --template/--dest add
 one more template to those of the file.`
 
 func renderCommand() *cli.Command {
@@ -86,6 +96,7 @@ func renderCommand() *cli.Command {
 			&cli.BoolFlag{Name: "once", Usage: "render once and exit (exit 1 if any template failed or the mesh read was empty)"},
 			&cli.BoolFlag{Name: "allow-empty", Usage: "install outputs even when the mesh read from Consul has no member address (config allow_empty)"},
 			&cli.StringFlag{Name: "local-group", Usage: "the `GROUP` this router sits beside (env PGMESH_LOCAL_GROUP)"},
+			&cli.StringFlag{Name: "datacenters", Usage: "Consul `DCS` the mesh spans, comma-separated (env PGMESH_DATACENTERS; default: the cluster config's)", EnvVars: []string{"PGMESH_DATACENTERS"}},
 			&cli.StringFlag{Name: "template", Aliases: []string{"t"}, Usage: "template: builtin:`NAME` or a file", Category: "Single template"},
 			&cli.StringFlag{Name: "dest", Usage: "destination `FILE` (- = stdout)", Category: "Single template"},
 			&cli.StringFlag{Name: "validate", Usage: "validate `CMD` ({{file}} = candidate file)", Category: "Single template"},
@@ -192,6 +203,13 @@ func runRender(c *cli.Context) error {
 			return usageErr("render: --local-group: %v", err)
 		}
 	}
+	datacenters := cfg.Datacenters
+	if v := c.String("datacenters"); v != "" {
+		var err error
+		if datacenters, err = parseDatacenters(v); err != nil {
+			return usageErr("render: --datacenters: %v", err)
+		}
+	}
 
 	entries, err := cfg.Entries()
 	if err != nil {
@@ -262,7 +280,7 @@ func runRender(c *cli.Context) error {
 	r, err := routing.New(routing.Options{
 		Client: kv, Cluster: cluster, LocalGroup: local, Entries: entries, Data: data,
 		Debounce: debounce, MaxDelay: maxDelay, Log: log, Stdout: c.App.Writer,
-		AllowEmpty: cfg.AllowEmpty || c.Bool("allow-empty"), Metrics: metrics,
+		AllowEmpty: cfg.AllowEmpty || c.Bool("allow-empty"), Metrics: metrics, Datacenters: datacenters,
 	})
 	if err != nil {
 		return usageErr("render: %s", strings.TrimPrefix(err.Error(), "routing: "))
