@@ -14,6 +14,15 @@
 // (Mesh.LocalFirst), so templates can prefer the router's own group and use
 // the others as backups.
 //
+// A mesh may span Consul datacenters (datacenters.go, across.go): the
+// Renderer then reads every datacenter of the mesh through its local agent
+// (?dc=), BuildMeshAcross merges the reads (each group carries its
+// datacenter) and LocalFirst orders the groups local group, local
+// datacenter, then the other datacenters nearest first by round-trip time
+// from Consul's WAN coordinates (OrderDatacenters, with a dead band so
+// coordinate noise never reorders). A datacenter that cannot be read keeps
+// the groups last read from it and is marked unreachable.
+//
 // A Renderer executes Go text/template templates (builtin:<name> from the
 // templates package, or files) with a RenderData (the Mesh plus ports,
 // addresses, lag bound, libpq settings and free-form Vars) and the small
