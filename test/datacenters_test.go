@@ -2,7 +2,12 @@ package test
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,12 +19,18 @@ import (
 // datacenters on one machine (one server each, joined over the WAN pool),
 // one group of two members per datacenter, each group's agents talking to
 // their own datacenter's Consul (its keys, sessions and services stay
-// there). The agents keep the prepared queries itest-write and itest-read
-// in their datacenter. Asked in dc1, itest-write.query.consul (DNS, SRV)
-// answers dc1's primary; with dc1's primary host killed it answers another
-// datacenter's primary within seconds (a client there can write), and dc1's
-// new primary once dc1's group has failed over. Then dc3's Consul server is
-// stopped: the other two groups keep their leaders and take writes.
+// there), n2 subscribing to n1 with native logical replication. The agents
+// keep the prepared queries itest-write and itest-read in their datacenter.
+// Asked in dc1, itest-write.query.consul (DNS, SRV) answers dc1's primary;
+// with dc1's primary host killed it answers another datacenter's primary
+// within seconds (a client there can write), and dc1's new primary once
+// dc1's group has failed over. A `pgmesh render` in dc1 reads all three
+// datacenters into HAProxy: writes go to dc1's primary, to another
+// datacenter's while dc1 fails over, then back. `pgmesh status` asked in
+// dc1 shows every group with its datacenter and the n1 → n2 subscription.
+// Then dc3's Consul server is stopped: the other two groups keep their
+// leaders and take writes, status marks dc3 unreachable, and HAProxy keeps
+// dc3's servers.
 func TestPreparedQueriesAcrossDatacenters(t *testing.T) {
 	dcs := []string{"dc1", "dc2", "dc3"}
 	consuls := map[string]*testbed.Consul{}
@@ -43,7 +54,7 @@ func TestPreparedQueriesAcrossDatacenters(t *testing.T) {
 	for i, dc := range dcs {
 		name := fmt.Sprintf("n%d", i+1)
 		groups[dc] = startGroup(t, consuls[dc], name, 2, nil, func(s *testbed.AgentSpec) {
-			s.DCSExtra = "datacenters: [dc1, dc2, dc3]"
+			s.DCSExtra = "datacenters: [dc1, dc2, dc3]\nreplication: native"
 		})
 	}
 	leaders := map[string]string{}
@@ -98,6 +109,88 @@ func TestPreparedQueriesAcrossDatacenters(t *testing.T) {
 		})
 	}
 
+	// Native logical replication across datacenters: n2 subscribes to n1.
+	ctx := context.Background()
+	for _, dc := range dcs {
+		if err := groups[dc].members[leaders[dc]].Exec(ctx, "CREATE TABLE routing_probe(id bigserial PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct{ dc, sql string }{
+		{"dc1", "CREATE TABLE across(id int PRIMARY KEY)"},
+		{"dc1", "CREATE PUBLICATION across_pub FOR TABLE across"},
+		{"dc2", "CREATE TABLE across(id int PRIMARY KEY)"},
+		{"dc2", "CREATE SUBSCRIPTION n2_from_n1 CONNECTION '" + multiHostDSN(groups["dc1"]) + "' PUBLICATION across_pub"},
+		{"dc1", "INSERT INTO across VALUES (1)"},
+	} {
+		if err := groups[step.dc].members[leaders[step.dc]].Exec(ctx, step.sql); err != nil {
+			t.Fatalf("%s in %s: %v", step.sql, step.dc, err)
+		}
+	}
+	groups["dc2"].waitRows(leaders["dc2"], "across", 1, 60*time.Second)
+
+	// A router in dc1 reads every datacenter (the cluster config lists
+	// them): dc1's group first, the others as backups.
+	rt := startDatacenterRouter(t, consuls["dc1"])
+	testbed.Eventually(t, 30*time.Second, "haproxy.cfg lists the three datacenters' members", func() error {
+		cfg := readText(rt.haproxyCfg)
+		if !strings.Contains(cfg, "# Datacenters, nearest first: dc1 (local), ") {
+			return fmt.Errorf("no datacenter order:\n%s", cfg)
+		}
+		for _, dc := range dcs {
+			for _, m := range groups[dc].order {
+				if !strings.Contains(section(cfg, "listen write"), "server "+groups[dc].name+"."+m+" ") {
+					return fmt.Errorf("no %s in the write listener:\n%s", m, cfg)
+				}
+			}
+		}
+		return nil
+	})
+	hp := testbed.StartHAProxy(t, rt.haproxyCfg)
+	if err := os.WriteFile(rt.masterPid, []byte(fmt.Sprint(hp.Pid())), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	all := []*group{groups["dc1"], groups["dc2"], groups["dc3"]}
+	viaRouter := func(what string, timeout time.Duration, ok func(member string) bool) string {
+		t.Helper()
+		var got string
+		testbed.Eventually(t, timeout, what, func() error {
+			port, err := pgVia(ctx, rt.ports.write, probeInsert)
+			if err != nil {
+				return err
+			}
+			if got = memberByPort(port, all...); !ok(got) {
+				return fmt.Errorf("written on %s", got)
+			}
+			return nil
+		})
+		return got
+	}
+	viaRouter("the router writes to dc1's primary", 30*time.Second, func(m string) bool { return m == leaders["dc1"] })
+
+	// Status asked in dc1 shows the whole mesh and the subscription.
+	cli := newPgmeshCLI(t, consuls["dc1"].HTTPAddr, "itest")
+	testbed.Eventually(t, 30*time.Second, "status across datacenters", func() error {
+		doc, err := statusJSON(cli)
+		if err != nil {
+			return err
+		}
+		if fmt.Sprint(doc.Datacenters) != "[dc1 dc2 dc3]" || len(doc.Groups) != 3 {
+			return fmt.Errorf("datacenters %v, %d groups", doc.Datacenters, len(doc.Groups))
+		}
+		for i, g := range doc.Groups {
+			if g.Name != fmt.Sprintf("n%d", i+1) || g.Datacenter != dcs[i] {
+				return fmt.Errorf("group %s in %q", g.Name, g.Datacenter)
+			}
+		}
+		for _, l := range doc.Replication {
+			if l.From == "n1" && l.To == "n2" && l.Problem == "" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no healthy n1 -> n2 link: %+v", doc.Replication)
+	})
+
 	// dc1's primary host dies: the write query asked in dc1 fails over to
 	// another datacenter's primary, which takes a write, then comes back.
 	g1 := groups["dc1"]
@@ -123,6 +216,10 @@ func TestPreparedQueriesAcrossDatacenters(t *testing.T) {
 		elsewhere = time.Since(killed)
 		return nil
 	})
+	other := viaRouter("the router writes to another datacenter's primary", 30*time.Second, func(m string) bool {
+		return m == leaders["dc2"] || m == leaders["dc3"]
+	})
+	routedElsewhere := time.Since(killed)
 	newLeader := g1.waitNewLeader(leaders["dc1"], 60*time.Second)
 	var back time.Duration
 	testbed.Eventually(t, 60*time.Second, "itest-write.query.consul in dc1 answers dc1's new primary", func() error {
@@ -135,6 +232,10 @@ func TestPreparedQueriesAcrossDatacenters(t *testing.T) {
 	})
 	t.Logf("dc1's primary host killed: itest-write.query.consul in dc1 answered another datacenter's primary (written to) after %.1fs, dc1's new primary %s after %.1fs",
 		elsewhere.Seconds(), newLeader, back.Seconds())
+	viaRouter("the router writes to dc1's new primary", 30*time.Second, func(m string) bool { return m == newLeader })
+	t.Logf("the router in dc1 wrote to %s (another datacenter) %.1fs after the kill, and to dc1's new primary %s after %.1fs",
+		other, routedElsewhere.Seconds(), newLeader, time.Since(killed).Seconds())
+	groups["dc2"].waitRows(leaders["dc2"], "across", 1, 5*time.Second)
 
 	// dc3's Consul goes away: dc1 and dc2 keep their leaders and writes.
 	leaders["dc1"] = newLeader
@@ -143,7 +244,28 @@ func TestPreparedQueriesAcrossDatacenters(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	cfgBefore := section(readText(rt.haproxyCfg), "listen write")
 	consuls["dc3"].Stop()
+	testbed.Eventually(t, 30*time.Second, "status marks dc3 unreachable", func() error {
+		doc, err := statusJSON(cli)
+		if err != nil {
+			return err
+		}
+		if doc.Unreachable["dc3"] == "" || len(doc.Groups) != 2 {
+			return fmt.Errorf("unreachable %v, %d groups", doc.Unreachable, len(doc.Groups))
+		}
+		return nil
+	})
+	testbed.Eventually(t, 30*time.Second, "the router logs dc3 unreachable", func() error {
+		if !strings.Contains(rt.r.log(), "dc3") || !strings.Contains(rt.r.log(), "datacenter unreachable") {
+			return errors.New("not logged yet")
+		}
+		return nil
+	})
+	if after := section(readText(rt.haproxyCfg), "listen write"); after != cfgBefore {
+		t.Fatalf("the write listener changed with dc3's Consul down (its servers must stay):\nbefore:\n%s\nafter:\n%s", cfgBefore, after)
+	}
+	viaRouter("the router still writes to dc1's primary", 10*time.Second, func(m string) bool { return m == newLeader })
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, dc := range dcs[:2] {
@@ -156,4 +278,69 @@ func TestPreparedQueriesAcrossDatacenters(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// dcRouter is a `pgmesh render` with HAProxy's config and service file in
+// a datacenter.
+type dcRouter struct {
+	r                     *renderer
+	ports                 routerPorts
+	haproxyCfg, masterPid string
+}
+
+// startDatacenterRouter starts `pgmesh render` against c (no local group:
+// c's datacenter's groups come first), the datacenters taken from the
+// cluster config.
+func startDatacenterRouter(t *testing.T, c *testbed.Consul) *dcRouter {
+	t.Helper()
+	dir := t.TempDir()
+	rt := &dcRouter{ports: newRouterPorts(t, 3), haproxyCfg: filepath.Join(dir, "haproxy.cfg"), masterPid: filepath.Join(dir, "haproxy.master.pid")}
+	sock := filepath.Join(dir, "admin.sock")
+	cfgPath := filepath.Join(dir, "render.yml")
+	renderCfg := fmt.Sprintf(`cluster: itest
+consul: {address: %s}
+log: {level: debug}
+data:
+  bind: 127.0.0.1
+  socket: %s
+  ports: {write: %d, read: %d, stats: %d, group_base: %d}
+templates:
+  - template: builtin:haproxy.cfg.tmpl
+    destination: %s
+    validate: haproxy -c -q -f {{file}}
+    reload: '[ ! -s %s ] || kill -USR2 "$(cat %s)"'
+    haproxy_socket: %s
+`, c.HTTPAddr, sock, rt.ports.write, rt.ports.read, rt.ports.stats, rt.ports.groupBase, rt.haproxyCfg, rt.masterPid, rt.masterPid, sock)
+	if err := os.WriteFile(cfgPath, []byte(renderCfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rt.r = startRenderer(t, cfgPath)
+	return rt
+}
+
+// meshStatus is the part of `pgmesh status -o json` these tests read.
+type meshStatus struct {
+	Datacenters []string          `json:"datacenters"`
+	Unreachable map[string]string `json:"unreachable_datacenters"`
+	Groups      []struct {
+		Name       string `json:"name"`
+		Datacenter string `json:"datacenter"`
+	} `json:"groups"`
+	Replication []struct {
+		From    string `json:"from"`
+		To      string `json:"to"`
+		Problem string `json:"problem"`
+	} `json:"replication"`
+}
+
+func statusJSON(cli *pgmeshCLI) (*meshStatus, error) {
+	r := cli.run("status", "-o", "json")
+	if r.code != 0 {
+		return nil, fmt.Errorf("status: %s", r)
+	}
+	doc := &meshStatus{}
+	if err := json.Unmarshal([]byte(r.stdout), doc); err != nil {
+		return nil, fmt.Errorf("status -o json: %v\n%s", err, r.stdout)
+	}
+	return doc, nil
 }
