@@ -191,6 +191,14 @@ func TestPreparedQueriesAcrossDatacenters(t *testing.T) {
 		return fmt.Errorf("no healthy n1 -> n2 link: %+v", doc.Replication)
 	})
 
+	// render --once reads the three datacenters too.
+	once := cli.ok("render", "--once", "--template", "builtin:pg_service.conf.tmpl", "--dest", "-")
+	for _, want := range []string{"# Datacenters, nearest first: dc1 (local), ", "[itest-n1]", "[itest-n2]", "[itest-n3]", "; datacenter dc3"} {
+		if !strings.Contains(once.stdout, want) {
+			t.Fatalf("render --once lacks %q:\n%s", want, once)
+		}
+	}
+
 	// dc1's primary host dies: the write query asked in dc1 fails over to
 	// another datacenter's primary, which takes a write, then comes back.
 	g1 := groups["dc1"]
@@ -266,6 +274,11 @@ func TestPreparedQueriesAcrossDatacenters(t *testing.T) {
 		t.Fatalf("the write listener changed with dc3's Consul down (its servers must stay):\nbefore:\n%s\nafter:\n%s", cfgBefore, after)
 	}
 	viaRouter("the router still writes to dc1's primary", 10*time.Second, func(m string) bool { return m == newLeader })
+	once = cli.ok("render", "--once", "--template", "builtin:pg_service.conf.tmpl", "--dest", "-")
+	if strings.Contains(once.stdout, "[itest-n3]") || !strings.Contains(once.stdout, "[itest-n2]") ||
+		!strings.Contains(once.stderr, "datacenter unreachable") || !strings.Contains(once.stderr, "dc3") {
+		t.Fatalf("render --once with dc3 down: want n1 and n2, and dc3 named unreachable:\n%s", once)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, dc := range dcs[:2] {
