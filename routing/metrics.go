@@ -10,6 +10,8 @@ type Metrics struct {
 	failures      *prometheus.CounterVec
 	emptyRefusals prometheus.Counter
 	watchErrors   prometheus.Counter
+	dcUp          *prometheus.GaugeVec
+	dcRTT         *prometheus.GaugeVec
 }
 
 // Failure stages of pgmesh_render_failures_total.
@@ -44,7 +46,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed Consul reads of the renderer's watches (retried).",
 		}),
 	}
-	reg.MustRegister(m.renders, m.reloads, m.failures, m.emptyRefusals, m.watchErrors)
+	m.dcUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgmesh_render_datacenter_up",
+		Help: "1 when the last read of a datacenter of the mesh succeeded, 0 while it cannot be read (routing keeps its last groups); only for a mesh read across datacenters.",
+	}, []string{"datacenter"})
+	m.dcRTT = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "pgmesh_render_datacenter_rtt_seconds",
+		Help: "Estimated round-trip time from the renderer's datacenter to another one (Consul WAN coordinates), which orders the datacenters.",
+	}, []string{"datacenter"})
+	reg.MustRegister(m.renders, m.reloads, m.failures, m.emptyRefusals, m.watchErrors, m.dcUp, m.dcRTT)
 	return m
 }
 
@@ -75,5 +85,28 @@ func (m *Metrics) empty() {
 func (m *Metrics) watchError() {
 	if m != nil {
 		m.watchErrors.Inc()
+	}
+}
+
+// datacenters sets the per-datacenter gauges from a mesh's datacenters,
+// dropping those no longer read.
+func (m *Metrics) datacenters(dcs []Datacenter) {
+	if m == nil {
+		return
+	}
+	m.dcUp.Reset()
+	m.dcRTT.Reset()
+	for _, d := range dcs {
+		if d.Name == "" {
+			continue
+		}
+		up := 0.0
+		if d.Reachable {
+			up = 1
+		}
+		m.dcUp.WithLabelValues(d.Name).Set(up)
+		if d.HasRTT {
+			m.dcRTT.WithLabelValues(d.Name).Set(d.RTT.Seconds())
+		}
 	}
 }

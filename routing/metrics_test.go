@@ -2,8 +2,10 @@ package routing
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -40,5 +42,30 @@ func TestRenderMetrics(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
 		}
+	}
+}
+
+func TestDatacenterMetrics(t *testing.T) {
+	dir := t.TempDir()
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	r, err := New(Options{Cluster: "mesh1", Entries: []Entry{{Template: writeTemplate(t, dir, "p.tmpl", primariesTemplate), Destination: filepath.Join(dir, "out")}}, Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.evaluate(context.Background(), meshAcross(t, "", errors.New("No path to datacenter")), time.Now())
+	if got := testutil.ToFloat64(m.dcUp.WithLabelValues("dc2")); got != 0 {
+		t.Errorf("dc2 up = %v, want 0", got)
+	}
+	if got := testutil.ToFloat64(m.dcUp.WithLabelValues("dc3")); got != 1 {
+		t.Errorf("dc3 up = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.dcRTT.WithLabelValues("dc3")); got != 0.02 {
+		t.Errorf("dc3 rtt = %v, want 0.02", got)
+	}
+	// A mesh read from one datacenter drops the gauges.
+	r.evaluate(context.Background(), standardMesh(""), time.Now())
+	if n := testutil.CollectAndCount(m.dcUp); n != 0 {
+		t.Errorf("%d datacenter gauges left", n)
 	}
 }

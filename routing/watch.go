@@ -389,6 +389,7 @@ func (r *Renderer) evaluate(ctx context.Context, m *Mesh, now time.Time) {
 		r.log.Info("the mesh read from Consul has members again; rendering", zap.Int("servers", m.Servers()))
 		r.emptyLogged = ""
 	}
+	r.opts.Metrics.datacenters(m.Datacenters)
 	if p := strings.Join(m.Problems, "; "); p != r.problemsLogged {
 		if p != "" {
 			r.log.Warn("inconsistent mesh across datacenters", zap.Strings("problems", m.Problems))
