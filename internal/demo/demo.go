@@ -75,16 +75,24 @@ type Options struct {
 	// Secure runs the REST APIs over HTTPS (a CA made for the demo) with
 	// basic auth on mutating requests; see Mesh.Secure.
 	Secure bool
+	// Datacenters is the number of Consul datacenters (dc1..dcN, one
+	// Consul server each, WAN-joined on loopback); group i (from 0) lives
+	// in datacenter i mod N. 0 or 1: one datacenter, the usual demo. See
+	// Datacenter for the ports.
+	Datacenters int
 }
 
 // Member is one demo member.
 type Member struct {
 	Group, Name string
-	PGPort      int
-	APIPort     int
-	DataDir     string
-	Config      string
-	Log         string
+	// Datacenter is the Consul datacenter the member's group lives in (its
+	// agent talks to that datacenter's Consul).
+	Datacenter string
+	PGPort     int
+	APIPort    int
+	DataDir    string
+	Config     string
+	Log        string
 
 	// The agent process currently running for the member (guarded by
 	// Mesh.mu); done is closed when it has exited.
@@ -94,13 +102,15 @@ type Member struct {
 
 // Mesh is a running demo.
 type Mesh struct {
-	opts       Options
-	members    []*Member
-	consul     *exec.Cmd
-	consulDone chan struct{}
-	cred       *syscall.Credential
-	Consul     string
-	secure     *Secure
+	opts    Options
+	members []*Member
+	// dcs are the Consul datacenters, dc1 first.
+	dcs  []*Datacenter
+	cred *syscall.Credential
+	// Consul is the HTTP address of the first datacenter's Consul (the
+	// only one unless Options.Datacenters > 1).
+	Consul string
+	secure *Secure
 	// apiClient reads the members' REST APIs (HTTPS with the demo CA when
 	// secure).
 	apiClient *http.Client
@@ -224,8 +234,12 @@ func prepare(opts Options, consulOnly bool) (*Mesh, error) {
 	}
 	if consulOnly {
 		opts.Groups, opts.Members = 0, 0
+	} else if opts.Datacenters > opts.Groups {
+		return nil, fmt.Errorf("%d datacenters for %d groups: every datacenter needs a group (use at most --groups datacenters)", opts.Datacenters, opts.Groups)
 	}
-	m := &Mesh{opts: opts, Consul: fmt.Sprintf("127.0.0.1:%d", opts.ConsulHTTPPort), apiClient: &http.Client{Timeout: time.Second}}
+	m := &Mesh{opts: opts, apiClient: &http.Client{Timeout: time.Second}}
+	m.dcs = m.opts.planDatacenters()
+	m.Consul = m.dcs[0].HTTPAddr()
 	if os.Geteuid() == 0 {
 		name := opts.OSUser
 		if name == "" {
@@ -261,6 +275,13 @@ func (m *Mesh) cleanLeftovers() error {
 			pid, _ := strconv.Atoi(f)
 			if pid > 1 && syscall.Kill(pid, 0) == nil {
 				syscall.Kill(-pid, syscall.SIGKILL)
+				syscall.Kill(pid, syscall.SIGKILL)
+				n++
+			}
+		}
+		// A Consul the user started again by hand is no child of the demo.
+		for _, d := range m.dcs {
+			if pid := consulFromPIDFile(d); pid > 0 {
 				syscall.Kill(pid, syscall.SIGKILL)
 				n++
 			}
@@ -327,9 +348,34 @@ func (m *Mesh) own(path string) error {
 }
 
 func (m *Mesh) checkPorts() error {
-	ports := []int{m.opts.ConsulHTTPPort, m.opts.ConsulDNSPort, m.opts.ConsulHTTPPort + 1, m.opts.ConsulHTTPPort + 2, m.opts.ConsulHTTPPort + 3}
+	var ports []int
+	what := map[int]string{}
+	add := func(p int, format string, args ...any) error {
+		w := fmt.Sprintf(format, args...)
+		if prev, ok := what[p]; ok {
+			return fmt.Errorf("port %d would be both %s and %s: move one of --consul-port, --dns-port, --pg-port, --api-port", p, prev, w)
+		}
+		what[p] = w
+		ports = append(ports, p)
+		return nil
+	}
+	for _, d := range m.dcs {
+		for _, e := range []struct {
+			p    int
+			name string
+		}{{d.HTTPPort, "HTTP"}, {d.DNSPort, "DNS"}, {d.ServerPort, "server"}, {d.SerfLANPort, "serf LAN"}, {d.SerfWANPort, "serf WAN"}} {
+			if err := add(e.p, "%s's Consul %s port", d.Name, e.name); err != nil {
+				return err
+			}
+		}
+	}
 	for i := 0; i < m.opts.Groups*m.opts.Members; i++ {
-		ports = append(ports, m.opts.PGBasePort+i, m.opts.APIBasePort+i)
+		if err := add(m.opts.PGBasePort+i, "a PostgreSQL port"); err != nil {
+			return err
+		}
+		if err := add(m.opts.APIBasePort+i, "a REST API port"); err != nil {
+			return err
+		}
 	}
 	for _, p := range ports {
 		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
@@ -373,66 +419,8 @@ func (m *Mesh) spawn(name string, args []string, logPath string, asPG bool) (*ex
 	return cmd, done, nil
 }
 
-func (m *Mesh) startConsul(ctx context.Context) error {
-	dir := filepath.Join(m.opts.WorkDir, "consul")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	hcl := fmt.Sprintf(`server = true
-bootstrap_expect = 1
-node_name = "demo"
-data_dir = %q
-bind_addr = "127.0.0.1"
-client_addr = "127.0.0.1"
-advertise_addr = "127.0.0.1"
-session_ttl_min = "1s"
-disable_update_check = true
-ui_config { enabled = true }
-ports {
-  http = %d
-  dns = %d
-  server = %d
-  serf_lan = %d
-  serf_wan = %d
-  grpc = -1
-  grpc_tls = -1
-}
-dns_config { allow_stale = false, node_ttl = "0s", service_ttl { "*" = "0s" } }
-`, filepath.Join(dir, "data"), m.opts.ConsulHTTPPort, m.opts.ConsulDNSPort, m.opts.ConsulHTTPPort+1, m.opts.ConsulHTTPPort+2, m.opts.ConsulHTTPPort+3)
-	if m.opts.ConsulExtraHCL != "" {
-		hcl += m.opts.ConsulExtraHCL + "\n"
-	}
-	cfg := filepath.Join(dir, "consul.hcl")
-	if err := os.WriteFile(cfg, []byte(hcl), 0o644); err != nil {
-		return err
-	}
-	m.say("[1/3] starting Consul (%s) on %s, DNS on 127.0.0.1:%d", m.opts.ConsulBin, m.Consul, m.opts.ConsulDNSPort)
-	cmd, done, err := m.spawn(m.opts.ConsulBin, []string{"agent", "-config-file", cfg}, filepath.Join(dir, "consul.log"), false)
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	m.consul, m.consulDone = cmd, done
-	m.mu.Unlock()
-	kv, err := consulkv.New(consulkv.Config{Address: m.Consul, Cluster: m.opts.Cluster})
-	if err != nil {
-		return err
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if err := kv.Ping(ctx); err == nil {
-			return nil
-		} else if time.Now().After(deadline) {
-			return fmt.Errorf("consul did not come up (see %s): %w", filepath.Join(dir, "consul.log"), err)
-		} else if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 func (m *Mesh) agentConfig(mem *Member) string {
-	consul := m.Consul
+	consul := m.Datacenter(mem.Datacenter).HTTPAddr()
 	if m.opts.MemberConsul != nil {
 		if a := m.opts.MemberConsul(mem.Group, mem.Name); a != "" {
 			consul = a
@@ -464,13 +452,18 @@ func (m *Mesh) agentConfig(mem *Member) string {
 		repl = fmt.Sprintf("    replication: %s\n", r)
 	}
 	secConsul, secREST := m.secureAgentYAML()
+	dcConsul, dcDCS := "", ""
+	if m.multiDC() {
+		dcConsul = fmt.Sprintf("  datacenter: %s\n", mem.Datacenter)
+		dcDCS = fmt.Sprintf("    datacenters: [%s]\n", strings.Join(m.DatacenterNames(), ", "))
+	}
 	return fmt.Sprintf(`# pgmesh demo member %s
 cluster: %s
 group: %s
 name: %s
 consul:
   address: %s
-  service_tags: [demo]
+%s  service_tags: [demo]
 %s%srestapi:
   listen: 127.0.0.1:%d
 %spostgresql:
@@ -486,11 +479,11 @@ consul:
     loop_wait: %s
     retry_timeout: %s
     lock_delay: %s
-%slog:
+%s%slog:
   level: %s
   format: console
-`, mem.Name, m.opts.Cluster, mem.Group, mem.Name, consul, checks, secConsul, mem.APIPort, secREST, mem.DataDir, binDir, mem.PGPort, pl.String(),
-		m.opts.TTL, m.opts.LoopWait, m.opts.RetryTimeout, m.opts.LockDelay, repl, m.opts.LogLevel)
+`, mem.Name, m.opts.Cluster, mem.Group, mem.Name, consul, dcConsul, checks, secConsul, mem.APIPort, secREST, mem.DataDir, binDir, mem.PGPort, pl.String(),
+		m.opts.TTL, m.opts.LoopWait, m.opts.RetryTimeout, m.opts.LockDelay, repl, dcDCS, m.opts.LogLevel)
 }
 
 func (m *Mesh) startAgents() error {
@@ -498,6 +491,11 @@ func (m *Mesh) startAgents() error {
 	i := 0
 	for g := 1; g <= m.opts.Groups; g++ {
 		group := fmt.Sprintf("n%d", g)
+		dc := m.datacenterOf(g - 1)
+		dc.Groups = append(dc.Groups, group)
+		if m.multiDC() {
+			m.say("      group %s in %s (its agents use %s's Consul, %s)", group, dc.Name, dc.Name, dc.HTTPAddr())
+		}
 		for k := 0; k < m.opts.Members; k++ {
 			name := fmt.Sprintf("%s-%c", group, 'a'+k)
 			dir := filepath.Join(m.opts.WorkDir, name)
@@ -507,7 +505,7 @@ func (m *Mesh) startAgents() error {
 			if err := m.own(dir); err != nil {
 				return err
 			}
-			mem := &Member{Group: group, Name: name, PGPort: m.opts.PGBasePort + i, APIPort: m.opts.APIBasePort + i,
+			mem := &Member{Group: group, Datacenter: dc.Name, Name: name, PGPort: m.opts.PGBasePort + i, APIPort: m.opts.APIBasePort + i,
 				DataDir: filepath.Join(dir, "data"), Config: filepath.Join(dir, "pgmesh.yml"), Log: filepath.Join(dir, "agent.log")}
 			i++
 			if err := os.WriteFile(mem.Config, []byte(m.agentConfig(mem)), 0o644); err != nil {
@@ -568,23 +566,12 @@ func (m *Mesh) AgentPID(mem *Member) int {
 	return mem.cmd.Process.Pid
 }
 
-// ConsulPID is the pid of the demo's Consul agent (0 when not running).
-func (m *Mesh) ConsulPID() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.consul == nil {
-		return 0
-	}
-	select {
-	case <-m.consulDone:
-		return 0
-	default:
-	}
-	return m.consul.Process.Pid
-}
+// ConsulPID is the pid of the demo's (first datacenter's) Consul agent (0
+// when not running).
+func (m *Mesh) ConsulPID() int { return m.ConsulPIDOf(m.dcs[0]) }
 
-// DNSAddr is the Consul DNS server's address.
-func (m *Mesh) DNSAddr() string { return fmt.Sprintf("127.0.0.1:%d", m.opts.ConsulDNSPort) }
+// DNSAddr is the (first datacenter's) Consul DNS server's address.
+func (m *Mesh) DNSAddr() string { return m.dcs[0].DNSAddr() }
 
 // DSN is a libpq connection string for the member's PostgreSQL as the
 // demo's superuser.
@@ -826,7 +813,7 @@ func (m *Mesh) Members() []*Member { return m.members }
 func (m *Mesh) Options() Options { return m.opts }
 
 // Stop stops the agents together (each stops its PostgreSQL cleanly), then
-// Consul. Watchdogs and postmasters that outlived their agent (a killed
+// every datacenter's Consul. Watchdogs and postmasters that outlived their agent (a killed
 // host, an agent that did not stop in time) are killed too. Stop may be
 // called more than once.
 func (m *Mesh) Stop() {
@@ -842,7 +829,6 @@ func (m *Mesh) Stop() {
 			agents = append(agents, running{mem, mem.cmd, mem.done})
 		}
 	}
-	consul, consulDone := m.consul, m.consulDone
 	m.mu.Unlock()
 	for _, a := range agents {
 		a.cmd.Process.Signal(syscall.SIGTERM)
@@ -859,14 +845,11 @@ func (m *Mesh) Stop() {
 	for _, mem := range m.members {
 		m.killLeftovers(mem)
 	}
-	if consul != nil {
-		consul.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-consulDone:
-		case <-time.After(15 * time.Second):
-			syscall.Kill(-consul.Process.Pid, syscall.SIGKILL)
-			<-consulDone
-		}
+	var wg sync.WaitGroup
+	for _, d := range m.dcs {
+		wg.Add(1)
+		go func(d *Datacenter) { defer wg.Done(); m.StopConsul(d, 15*time.Second) }(d)
 	}
+	wg.Wait()
 	os.Remove(filepath.Join(m.opts.WorkDir, "pids"))
 }
