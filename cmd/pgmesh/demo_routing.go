@@ -30,7 +30,10 @@ type demoRouting struct {
 	haproxyLog string
 }
 
-func startDemoRouting(ctx context.Context, workDir, consulAddr, cluster, localGroup string, base int, apiCAFile string) (*demoRouting, error) {
+// datacenters, when more than one, are the Consul datacenters the renderer
+// reads (a `pgmesh demo --datacenters` mesh): it then lists every
+// datacenter's groups, the nearest first after the local datacenter's.
+func startDemoRouting(ctx context.Context, workDir, consulAddr, cluster, localGroup string, base int, apiCAFile string, datacenters []string) (*demoRouting, error) {
 	haproxyBin, err := exec.LookPath("haproxy")
 	if err != nil {
 		return nil, fmt.Errorf("haproxy not found (scripts/setup installs it): %w", err)
@@ -59,10 +62,14 @@ func startDemoRouting(ctx context.Context, workDir, consulAddr, cluster, localGr
 	if apiCAFile != "" {
 		apiCA = fmt.Sprintf("  api_ca_file: %s\n", apiCAFile)
 	}
+	dcs := ""
+	if len(datacenters) > 1 {
+		dcs = fmt.Sprintf("datacenters: [%s]\n", strings.Join(datacenters, ", "))
+	}
 	yml := fmt.Sprintf(`# pgmesh demo: HAProxy routing rendered from the live mesh
 cluster: %s
 local_group: %s
-consul: {address: %q}
+%sconsul: {address: %q}
 log: {level: info, format: console}
 data:
   bind: 127.0.0.1
@@ -77,7 +84,7 @@ data:
     haproxy_socket: %s
   - template: builtin:pg_service.conf.tmpl
     destination: %s
-`, cluster, localGroup, consulAddr, socket, r.write, r.read, r.stats, r.groupBase, apiCA, cfg, pidFile, socket, filepath.Join(r.dir, "pg_service.conf"))
+`, cluster, localGroup, dcs, consulAddr, socket, r.write, r.read, r.stats, r.groupBase, apiCA, cfg, pidFile, socket, filepath.Join(r.dir, "pg_service.conf"))
 	renderCfg := filepath.Join(r.dir, "render.yml")
 	if err := os.WriteFile(renderCfg, []byte(yml), 0o644); err != nil {
 		return nil, err
