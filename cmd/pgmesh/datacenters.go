@@ -302,7 +302,13 @@ func buildMeshStatus(cluster string, dcs []dcView, only string, goal time.Durati
 		gs.DetectionWarnings = detectionWarnings(gs, goal)
 		doc.Groups = append(doc.Groups, gs)
 	}
-	for _, l := range buildReplication(merged, time.Now()) {
+	var unread []string
+	for _, d := range dcs {
+		if d.Err != nil || d.View == nil {
+			unread = append(unread, d.Name)
+		}
+	}
+	for _, l := range buildReplication(merged, time.Now(), unread...) {
 		if only == "" || l.From == only || l.To == only {
 			doc.Replication = append(doc.Replication, l)
 		}

@@ -73,8 +73,10 @@ type replLink struct {
 const replicationLagWarn = 16 << 20
 
 // buildReplication derives the replication section: every subscription on
-// a group's leader, with the publishing group found by host:port.
-func buildReplication(v *consulkv.ClusterView, now time.Time) []replLink {
+// a group's leader, with the publishing group found by host:port. unread
+// are the datacenters of the mesh that could not be read: a publisher not
+// found may live there.
+func buildReplication(v *consulkv.ClusterView, now time.Time, unread ...string) []replLink {
 	owner := map[string]string{}
 	for _, gname := range v.GroupNames() {
 		for _, m := range v.Groups[gname].Members {
@@ -131,6 +133,9 @@ func buildReplication(v *consulkv.ClusterView, now time.Time) []replLink {
 			}
 			if l.From == "?" && l.Problem == "" {
 				l.Problem = "publisher is not a member of this mesh"
+				if len(unread) > 0 {
+					l.Problem = "publisher not found: it may be in datacenter " + strings.Join(unread, ", ") + ", which could not be read"
+				}
 			}
 			links = append(links, l)
 		}

@@ -271,6 +271,21 @@ func TestReplicationSection(t *testing.T) {
 	if l := byName["c_from_x"]; l.State != "DOWN" || l.From != "?" || l.Problem == "" {
 		t.Errorf("broken link must stand out: %+v", l)
 	}
+	// A running subscription whose publisher is in no group read: not of
+	// this mesh, or in a datacenter that could not be read.
+	sub := &v.Groups["c"].Members["c1"].Logical.Subscriptions[1]
+	sub.Running = true
+	for _, tc := range []struct {
+		unread []string
+		want   string
+	}{{nil, "publisher is not a member of this mesh"}, {[]string{"dc3"}, "it may be in datacenter dc3, which could not be read"}} {
+		for _, l := range buildReplication(v, now, tc.unread...) {
+			if l.Subscription == "c_from_x" && !strings.Contains(l.Problem, tc.want) {
+				t.Errorf("unread %v: problem %q, want %q", tc.unread, l.Problem, tc.want)
+			}
+		}
+	}
+	sub.Running = false
 	var out strings.Builder
 	renderStatus(&out, statusDoc{Cluster: "m", Replication: links})
 	if !strings.Contains(out.String(), "Replication between groups") || !strings.Contains(out.String(), "!! ") {
