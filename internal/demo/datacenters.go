@@ -165,13 +165,9 @@ func (m *Mesh) startConsul(ctx context.Context) error {
 		} else {
 			m.say("[1/3] starting Consul (%s) on %s, DNS on %s", m.opts.ConsulBin, d.HTTPAddr(), d.DNSAddr())
 		}
-		cmd, done, err := m.spawn(m.opts.ConsulBin, []string{"agent", "-config-file", d.Config}, d.Log, false)
-		if err != nil {
+		if err := m.spawnConsul(d); err != nil {
 			return err
 		}
-		m.mu.Lock()
-		d.cmd, d.done = cmd, done
-		m.mu.Unlock()
 	}
 	for _, d := range m.dcs {
 		if err := m.waitConsul(ctx, d); err != nil {
@@ -321,6 +317,14 @@ func (m *Mesh) StartConsulAgain(ctx context.Context, d *Datacenter) error {
 	if m.ConsulPIDOf(d) > 0 {
 		return nil
 	}
+	if err := m.spawnConsul(d); err != nil {
+		return err
+	}
+	return m.waitConsul(ctx, d)
+}
+
+// spawnConsul starts datacenter d's Consul server from its config file.
+func (m *Mesh) spawnConsul(d *Datacenter) error {
 	cmd, done, err := m.spawn(m.opts.ConsulBin, []string{"agent", "-config-file", d.Config}, d.Log, false)
 	if err != nil {
 		return err
@@ -328,5 +332,5 @@ func (m *Mesh) StartConsulAgain(ctx context.Context, d *Datacenter) error {
 	m.mu.Lock()
 	d.cmd, d.done = cmd, done
 	m.mu.Unlock()
-	return m.waitConsul(ctx, d)
+	return nil
 }
