@@ -25,6 +25,7 @@ var benchmarks = []benchmark{
 	{name: "switchover", usage: "planned switchover: longest gap between writes of clients writing every 10ms (direct, HAProxy)", run: runSwitchover},
 	{name: "footprint", usage: "idle agent RSS, CPU and Consul requests/s (counting proxy), per profile", run: runFootprint},
 	{name: "scale", usage: "SIMULATED agents: Consul requests/s and renderer latency for 10/50/100 groups", run: runScale},
+	{name: "datacenters", usage: "3 Consul datacenters: write availability through <cluster>-write.query.consul (group failover, datacenter loss, a Consul lost)", run: runDatacenters},
 }
 
 func usage(w io.Writer) {
