@@ -6,6 +6,7 @@
 //	go run ./bench switchover [-runs 5] [-profile …]
 //	go run ./bench footprint  [-duration 60s] [-profiles default,fast]
 //	go run ./bench scale      [-groups 10,50,100] [-duration 30s] [-profile default|fast]
+//	go run ./bench datacenters [-runs 5] [-profile default|fast] [-scenarios group,datacenter,consul]
 //
 // failover, switchover and footprint run real components on loopback: the
 // demo's Consul (internal/demo, session_ttl_min 1s) and a group of three
@@ -33,6 +34,12 @@
 // 10, 50 and 100 groups of three members, and measures the Consul requests
 // per second they make, Consul's CPU, and the routing renderer's input and
 // render latency and change-to-file convergence against that load.
+//
+// datacenters runs the demo across three Consul datacenters (one group
+// each) and measures write availability as applications see it when they
+// find the writable primary only through <cluster>-write.query.consul: a
+// group failover in dc1, the loss of all of dc1's database hosts, and the
+// loss of dc3's Consul server.
 //
 // Every program cleans up what it started (also on Ctrl-C or failure),
 // bounds its run time (-timeout) and uses loopback only. See
