@@ -184,7 +184,7 @@ func (s *source) watch(ctx context.Context, dc string, st *dcState) {
 		c.WatchPrefix(ctx, c.ClusterPrefix(), consulkv.WatchOptions{MinInterval: 100 * time.Millisecond,
 			OnError: func(err error) {
 				r.opts.Metrics.watchError()
-				log.Warn("watching the cluster's KV tree", zap.Error(err))
+				s.logWatchError(log, st, "watching the cluster's KV tree", err)
 				s.update(st, false, func() { st.kvErr, st.tried = err, true })
 			},
 			OnSuccess: func() {
@@ -202,7 +202,7 @@ func (s *source) watch(ctx context.Context, dc string, st *dcState) {
 		defer s.wg.Done()
 		r.watchHealth(ctx, c, func(err error) {
 			r.opts.Metrics.watchError()
-			log.Warn("watching the cluster's service health", zap.Error(err))
+			s.logWatchError(log, st, "watching the cluster's service health", err)
 			s.update(st, false, func() { st.healthErr, st.tried = err, true })
 		}, func() {
 			s.update(st, false, func() { st.healthErr = nil })
@@ -210,6 +210,20 @@ func (s *source) watch(ctx context.Context, dc string, st *dcState) {
 			s.update(st, true, func() { st.entries, st.haveEnt, st.tried = e, true, true })
 		})
 	}()
+}
+
+// logWatchError logs a failed watch query. For another datacenter only the
+// first failure is a warning: "datacenter unreachable" says the rest, and a
+// datacenter that stays down would otherwise log twice every backoff step.
+func (s *source) logWatchError(log *zap.Logger, st *dcState, msg string, err error) {
+	s.mu.Lock()
+	known := st.name != "" && st.err() != nil
+	s.mu.Unlock()
+	if known {
+		log.Debug(msg, zap.Error(err))
+		return
+	}
+	log.Warn(msg, zap.Error(err))
 }
 
 // update changes a datacenter's state and publishes the new mesh when the
