@@ -217,7 +217,12 @@ func printDemoSummary(c *cli.Context, mesh *demo.Mesh, r *demoRouting, repl, pro
 	fmt.Fprintf(w, "\nLogs: %s/<member>/agent.log   Configs: %s/<member>/pgmesh.yml\n", o.WorkDir, o.WorkDir)
 	fmt.Fprintf(w, "Try: kill -9 a leader's postmaster and agent, then watch `pgmesh status` fail over.\n\n")
 	if exeErr == nil {
-		cmd := exec.Command(exe, "status", "--consul", mesh.Consul, "--cluster", o.Cluster)
+		// The demo's agents talk to Consul servers, not to a client agent
+		// on their host, so every session is TTL only: say so once here
+		// instead of a slow-detection warning per group.
+		fmt.Fprintf(w, "The demo's agents talk to Consul servers directly (no Consul client agent per host), so sessions are\n"+
+			"TTL only (see each group's failure-detection line); on hosts with a client agent they follow serfHealth (docs/deploy.md).\n\n")
+		cmd := exec.Command(exe, "status", "--consul", mesh.Consul, "--cluster", o.Cluster, "--detection-goal", "0")
 		cmd.Stdout, cmd.Stderr, cmd.Env = w, os.Stderr, statusEnv
 		cmd.Run()
 	}
