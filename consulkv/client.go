@@ -14,6 +14,10 @@ import (
 // DefaultPrefix is the KV prefix all pgmesh keys live under.
 const DefaultPrefix = "pgmesh"
 
+// DefaultRequestTimeout bounds every non-blocking request unless
+// Config.RequestTimeout says otherwise.
+const DefaultRequestTimeout = 5 * time.Second
+
 // Config says how to reach Consul and where the cluster's keys are. Empty
 // fields fall back to consul/api's environment conventions.
 type Config struct {
@@ -92,7 +96,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	timeout := cfg.RequestTimeout
 	if timeout <= 0 {
-		timeout = 5 * time.Second
+		timeout = DefaultRequestTimeout
 	}
 	return &Client{cfg: cfg, api: cl, prefix: prefix, cluster: cfg.Cluster, timeout: timeout}, nil
 }

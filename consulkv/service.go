@@ -164,6 +164,8 @@ type LocalAgent struct {
 	NodeName string
 	// Server: the agent is a Consul server, not a client agent.
 	Server bool
+	// Datacenter is the agent's datacenter.
+	Datacenter string
 	// Addr is the agent's gossip (LAN) address.
 	Addr string
 	// LeaveOnTerm: the agent leaves the cluster when it gets SIGTERM
@@ -201,6 +203,7 @@ func (c *Client) Self(ctx context.Context) (LocalAgent, error) {
 	if cfg, ok := self["Config"]; ok {
 		la.NodeName, _ = cfg["NodeName"].(string)
 		la.Server, _ = cfg["Server"].(bool)
+		la.Datacenter, _ = cfg["Datacenter"].(string)
 	}
 	if m, ok := self["Member"]; ok {
 		la.Addr, _ = m["Addr"].(string)

@@ -572,8 +572,8 @@ func (v *ClusterConfig) Validate() error {
 		}
 	}
 	for _, dc := range c.Datacenters {
-		if dc == "" || strings.ContainsAny(dc, " \t\n/.") {
-			return fmt.Errorf("datacenters: %q is not a Consul datacenter name", dc)
+		if err := ValidDatacenter(dc); err != nil {
+			return fmt.Errorf("datacenters: %w", err)
 		}
 	}
 	switch c.SyncMode() {

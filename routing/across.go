@@ -3,7 +3,7 @@ package routing
 import (
 	"context"
 	"fmt"
-	"sort"
+	"slices"
 	"sync"
 	"time"
 
@@ -46,8 +46,7 @@ func (r *Renderer) clientFor(dc string) (*consulkv.Client, error) {
 
 // resolveLocalDC learns the datacenter the renderer reads as its own: the
 // configured one, else what the local agent says it is in, else the
-// datacenter of the catalog's nodes. Unknown ("") when none answers; then
-// the next refresh asks again.
+// datacenter of the catalog's nodes. Unknown ("") when none answers.
 func (r *Renderer) resolveLocalDC(ctx context.Context) string {
 	if r.localDC != "" {
 		return r.localDC
@@ -56,20 +55,16 @@ func (r *Renderer) resolveLocalDC(ctx context.Context) string {
 		r.localDC = dc
 		return dc
 	}
-	ctx, cancel := context.WithTimeout(ctx, dcReadTimeout)
-	defer cancel()
-	cl := r.opts.Client.API()
 	// /v1/agent/self needs agent:read, which a read-only routing token may
 	// not have; the catalog's nodes carry their datacenter with node:read,
 	// which reading the service's health needs anyway.
-	var self map[string]map[string]any
-	if _, err := cl.Raw().Query("/v1/agent/self", &self, (&api.QueryOptions{}).WithContext(ctx)); err == nil {
-		if dc, ok := self["Config"]["Datacenter"].(string); ok && dc != "" {
-			r.localDC = dc
-			return dc
-		}
+	if self, err := r.opts.Client.Self(ctx); err == nil && self.Datacenter != "" {
+		r.localDC = self.Datacenter
+		return r.localDC
 	}
-	if nodes, _, err := cl.Catalog().Nodes((&api.QueryOptions{}).WithContext(ctx)); err == nil {
+	ctx, cancel := context.WithTimeout(ctx, dcReadTimeout)
+	defer cancel()
+	if nodes, _, err := r.opts.Client.API().Catalog().Nodes((&api.QueryOptions{}).WithContext(ctx)); err == nil {
 		for _, n := range nodes {
 			if n.Datacenter != "" {
 				r.localDC = n.Datacenter
@@ -80,26 +75,21 @@ func (r *Renderer) resolveLocalDC(ctx context.Context) string {
 	return ""
 }
 
-// wantedDatacenters decides which datacenters to read: Options.Datacenters
-// when set; else the cluster config's datacenters (cfg, as the local
-// datacenter has it); else every datacenter Consul knows when it knows more
-// than one (catalog, read only then). nil means the local one alone, read
-// as before datacenters existed.
+// wantedDatacenters decides which datacenters to read
+// (consulkv.ChooseDatacenters: Options.Datacenters, else the cluster
+// config's, cfg as the local datacenter has it, else every datacenter
+// Consul knows when it knows more than one). nil means the local one alone,
+// read as before datacenters existed. The catalog is only asked when
+// neither list is set.
 func (r *Renderer) wantedDatacenters(ctx context.Context, cfg *consulkv.ClusterConfig) []string {
-	switch {
-	case len(r.opts.Datacenters) > 0:
-		return r.opts.Datacenters
-	case cfg != nil && len(cfg.Datacenters) > 0:
-		return cfg.Datacenters
+	var catalog []string
+	if len(r.opts.Datacenters) == 0 && (cfg == nil || len(cfg.Datacenters) == 0) {
+		catalog, _ = r.opts.Client.Datacenters(ctx) // unknown: the local datacenter alone
 	}
-	ctx, cancel := context.WithTimeout(ctx, dcReadTimeout)
-	defer cancel()
-	var dcs []string
-	_, err := r.opts.Client.API().Raw().Query("/v1/catalog/datacenters", &dcs, (&api.QueryOptions{}).WithContext(ctx))
-	if err != nil || len(dcs) < 2 {
+	dcs, from := consulkv.ChooseDatacenters(r.opts.Datacenters, cfg, catalog)
+	if from == consulkv.DatacentersLocal {
 		return nil
 	}
-	sort.Strings(dcs)
 	return dcs
 }
 
@@ -118,7 +108,7 @@ func (r *Renderer) readOrder(ctx context.Context, dcs []string) ([]string, map[s
 		rtt = DatacenterRTTs(maps, r.localDC)
 	}
 	all := append([]string(nil), dcs...)
-	if r.localDC != "" && !containsString(all, r.localDC) {
+	if r.localDC != "" && !slices.Contains(all, r.localDC) {
 		all = append(all, r.localDC)
 	}
 	r.dcMu.Lock()

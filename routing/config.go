@@ -140,8 +140,8 @@ func (c *Config) Check() error {
 		}
 	}
 	for _, dc := range c.Datacenters {
-		if dc == "" || strings.ContainsAny(dc, " \t\n/.?&#") {
-			return fmt.Errorf("render config: datacenters: %q is not a Consul datacenter name", dc)
+		if err := consulkv.ValidDatacenter(dc); err != nil {
+			return fmt.Errorf("render config: datacenters: %w", err)
 		}
 	}
 	if c.Debounce < 0 || c.MaxDelay < 0 {

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -208,7 +209,7 @@ func OrderDatacenters(dcs []string, local string, rtt map[string]time.Duration, 
 	}
 	sort.Strings(unknown)
 	var out []string
-	if local != "" && (containsString(dcs, local) || len(dcs) == 0) {
+	if local != "" && (slices.Contains(dcs, local) || len(dcs) == 0) {
 		out = append(out, local)
 	}
 	out = append(out, known...)
@@ -222,15 +223,6 @@ func clearlyNearer(a, b time.Duration) bool {
 		margin = RTTMarginMin
 	}
 	return a+margin < b
-}
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // DatacenterOf returns the named datacenter, or nil.

@@ -18,18 +18,6 @@ import (
 // replicated between datacenters). status reads every datacenter through
 // the local agent (?dc=) and merges what it reads.
 
-// Where the datacenters status shows come from, in order of precedence.
-const (
-	dcFromFlag    = "flag"    // --datacenters / PGMESH_DATACENTERS
-	dcFromConfig  = "config"  // the cluster config's datacenters, as the local datacenter has it
-	dcFromCatalog = "catalog" // every datacenter Consul knows (/v1/catalog/datacenters), when more than one
-	dcFromLocal   = "local"   // only the local one: status as before datacenters
-)
-
-// catalogTimeout bounds the /v1/catalog/datacenters request like consulkv
-// bounds its reads (its default RequestTimeout).
-const catalogTimeout = 5 * time.Second
-
 // parseDatacenters reads --datacenters: names separated by commas, blanks
 // ignored, each once.
 func parseDatacenters(s string) ([]string, error) {
@@ -39,34 +27,12 @@ func parseDatacenters(s string) ([]string, error) {
 		if dc == "" || contains(out, dc) {
 			continue
 		}
-		if strings.ContainsAny(dc, " \t\n/.?&#") {
-			return nil, fmt.Errorf("%q is not a Consul datacenter name", dc)
+		if err := consulkv.ValidDatacenter(dc); err != nil {
+			return nil, err
 		}
 		out = append(out, dc)
 	}
 	return out, nil
-}
-
-// chooseDatacenters decides which datacenters status shows: the flag's,
-// else the cluster config's (cfg, read from the local datacenter; nil when
-// unknown), else every datacenter Consul lists when it lists more than one
-// (sorted, so the order does not follow round-trip times), else the local
-// one alone. For the local one the result is what the catalog said (its
-// name when it listed exactly one datacenter, else nothing: unknown).
-func chooseDatacenters(flag []string, cfg *consulkv.ClusterConfig, catalog []string) ([]string, string) {
-	switch {
-	case len(flag) > 0:
-		return flag, dcFromFlag
-	case cfg != nil && len(cfg.Datacenters) > 0:
-		return cfg.Datacenters, dcFromConfig
-	case len(catalog) > 1:
-		all := append([]string(nil), catalog...)
-		sort.Strings(all)
-		return all, dcFromCatalog
-	case len(catalog) == 1:
-		return catalog, dcFromLocal
-	}
-	return nil, dcFromLocal
 }
 
 // dcView is one datacenter's read: its view, or why it could not be read.
@@ -88,11 +54,11 @@ type meshSource struct {
 	inDC func(context.Context, string) (*consulkv.ClusterView, error)
 }
 
-// readMesh reads the datacenters status shows (see chooseDatacenters),
+// readMesh reads the datacenters status shows (see consulkv.ChooseDatacenters),
 // every read in parallel. Errors are per datacenter, in the result.
 func readMesh(ctx context.Context, src meshSource, flag []string) ([]dcView, string) {
 	if len(flag) > 0 {
-		return readDatacenters(ctx, src, flag), dcFromFlag
+		return readDatacenters(ctx, src, flag), consulkv.DatacentersExplicit
 	}
 	// The local read is needed anyway (its config may list the
 	// datacenters; alone it is today's status), the catalog when it does
@@ -117,8 +83,8 @@ func readMesh(ctx context.Context, src meshSource, flag []string) ([]dcView, str
 	if localErr == nil {
 		cfg = local.Config
 	}
-	dcs, source := chooseDatacenters(nil, cfg, catalog)
-	if source == dcFromLocal {
+	dcs, source := consulkv.ChooseDatacenters(nil, cfg, catalog)
+	if source == consulkv.DatacentersLocal {
 		name := ""
 		if len(dcs) == 1 {
 			name = dcs[0]
@@ -165,14 +131,8 @@ func (s *opConn) meshSource() meshSource {
 		return c, nil
 	}
 	return meshSource{
-		local: s.kv.ReadCluster,
-		catalog: func(ctx context.Context) ([]string, error) {
-			ctx, cancel := context.WithTimeout(ctx, catalogTimeout)
-			defer cancel()
-			var dcs []string
-			_, err := s.kv.API().Raw().Query("/v1/catalog/datacenters", &dcs, (&api.QueryOptions{}).WithContext(ctx))
-			return dcs, err
-		},
+		local:   s.kv.ReadCluster,
+		catalog: s.kv.Datacenters,
 		inDC: func(ctx context.Context, dc string) (*consulkv.ClusterView, error) {
 			c, err := client(dc)
 			if err != nil {

@@ -51,15 +51,15 @@ func TestChooseDatacenters(t *testing.T) {
 		want    []string
 		source  string
 	}{
-		{"flag over config and catalog", []string{"dc3"}, withDCs, []string{"dc1", "dc2", "dc3"}, []string{"dc3"}, dcFromFlag},
-		{"config over catalog", nil, withDCs, []string{"dc1", "dc2", "dc3"}, []string{"dc1", "dc2"}, dcFromConfig},
-		{"config even when the catalog is unknown", nil, withDCs, nil, []string{"dc1", "dc2"}, dcFromConfig},
-		{"catalog when the config lists none, sorted", nil, without, []string{"dc2", "dc3", "dc1"}, []string{"dc1", "dc2", "dc3"}, dcFromCatalog},
-		{"catalog when the config is unreadable", nil, nil, []string{"dc2", "dc1"}, []string{"dc1", "dc2"}, dcFromCatalog},
-		{"one datacenter: the local one, named", nil, without, []string{"dc1"}, []string{"dc1"}, dcFromLocal},
-		{"nothing known: the local one, unnamed", nil, nil, nil, nil, dcFromLocal},
+		{"flag over config and catalog", []string{"dc3"}, withDCs, []string{"dc1", "dc2", "dc3"}, []string{"dc3"}, consulkv.DatacentersExplicit},
+		{"config over catalog", nil, withDCs, []string{"dc1", "dc2", "dc3"}, []string{"dc1", "dc2"}, consulkv.DatacentersConfig},
+		{"config even when the catalog is unknown", nil, withDCs, nil, []string{"dc1", "dc2"}, consulkv.DatacentersConfig},
+		{"catalog when the config lists none, sorted", nil, without, []string{"dc2", "dc3", "dc1"}, []string{"dc1", "dc2", "dc3"}, consulkv.DatacentersCatalog},
+		{"catalog when the config is unreadable", nil, nil, []string{"dc2", "dc1"}, []string{"dc1", "dc2"}, consulkv.DatacentersCatalog},
+		{"one datacenter: the local one, named", nil, without, []string{"dc1"}, []string{"dc1"}, consulkv.DatacentersLocal},
+		{"nothing known: the local one, unnamed", nil, nil, nil, nil, consulkv.DatacentersLocal},
 	} {
-		got, source := chooseDatacenters(c.flag, c.cfg, c.catalog)
+		got, source := consulkv.ChooseDatacenters(c.flag, c.cfg, c.catalog)
 		if !reflect.DeepEqual(got, c.want) || source != c.source {
 			t.Errorf("%s: %v from %s, want %v from %s", c.name, got, source, c.want, c.source)
 		}
@@ -138,25 +138,25 @@ func TestReadMesh(t *testing.T) {
 	}{
 		{"flag: only the named datacenters, no local or catalog read",
 			[]string{"dc2", "dc1"}, &fakeMesh{local: localListing, catalog: []string{"dc1", "dc2", "dc3"}, dcs: map[string]*consulkv.ClusterView{"dc1": dc1, "dc2": dc2}, parallel: 2},
-			[]string{"dc2", "dc1"}, nil, dcFromFlag, false},
+			[]string{"dc2", "dc1"}, nil, consulkv.DatacentersExplicit, false},
 		{"config: its datacenters, one unreachable",
 			nil, &fakeMesh{local: localListing, catalog: []string{"dc1", "dc2", "dc3", "dc4"}, dcs: map[string]*consulkv.ClusterView{"dc1": dc1, "dc2": dc2}, parallel: 3},
-			[]string{"dc1", "dc2", "dc3"}, []string{"dc3"}, dcFromConfig, false},
+			[]string{"dc1", "dc2", "dc3"}, []string{"dc3"}, consulkv.DatacentersConfig, false},
 		{"catalog: every datacenter when it lists several",
 			nil, &fakeMesh{local: local, catalog: []string{"dc2", "dc1"}, dcs: map[string]*consulkv.ClusterView{"dc1": dc1, "dc2": dc2}, parallel: 2},
-			[]string{"dc1", "dc2"}, nil, dcFromCatalog, false},
+			[]string{"dc1", "dc2"}, nil, consulkv.DatacentersCatalog, false},
 		{"catalog too when the local read failed",
 			nil, &fakeMesh{localErr: errors.New("refused"), catalog: []string{"dc2", "dc1"}, dcs: map[string]*consulkv.ClusterView{"dc1": dc1, "dc2": dc2}, parallel: 2},
-			[]string{"dc1", "dc2"}, nil, dcFromCatalog, false},
+			[]string{"dc1", "dc2"}, nil, consulkv.DatacentersCatalog, false},
 		{"one datacenter: the local read, named",
 			nil, &fakeMesh{local: local, catalog: []string{"dc1"}},
-			[]string{"dc1"}, nil, dcFromLocal, true},
+			[]string{"dc1"}, nil, consulkv.DatacentersLocal, true},
 		{"catalog unanswered: the local read, unnamed",
 			nil, &fakeMesh{local: local, catalogErr: errors.New("timeout")},
-			[]string{""}, nil, dcFromLocal, true},
+			[]string{""}, nil, consulkv.DatacentersLocal, true},
 		{"local read failed, one datacenter: its error",
 			nil, &fakeMesh{localErr: errors.New("connection refused"), catalog: []string{"dc1"}},
-			[]string{"dc1"}, []string{"dc1"}, dcFromLocal, true},
+			[]string{"dc1"}, []string{"dc1"}, consulkv.DatacentersLocal, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			f := c.mesh
@@ -528,7 +528,7 @@ func TestStatusCommandAcrossDatacenters(t *testing.T) {
 			fake:   &fakeConsul{local: "dc1", catalog: []string{"dc1"}, kv: map[string]api.KVPairs{"dc1": dc1(plain)}, hang: []string{"dc3", "dc4"}},
 			args:   []string{"--datacenters", "dc1,dc3,dc4"},
 			asked:  []string{"dc1", "dc3", "dc4"},
-			within: 2*catalogTimeout - time.Second, // one request timeout, not two
+			within: 2*consulkv.DefaultRequestTimeout - time.Second, // one request timeout, not two
 			want:   []string{"Group: n1 (datacenter dc1,", "\nDatacenter dc3: unreachable (no answer in time)\nDatacenter dc4: unreachable (no answer in time)\n"},
 		},
 		{
