@@ -94,8 +94,8 @@ func (r *Renderer) wantedDatacenters(ctx context.Context, cfg *consulkv.ClusterC
 }
 
 // readOrder reads the WAN coordinates and returns the datacenters in
-// preference order with their round-trip times. A failed read keeps the
-// previous order (and no round-trip times).
+// preference order with their round-trip times. A failed read orders by the
+// round-trip times read last.
 func (r *Renderer) readOrder(ctx context.Context, dcs []string) ([]string, map[string]time.Duration) {
 	ctx, cancel := context.WithTimeout(ctx, dcReadTimeout)
 	defer cancel()
@@ -117,7 +117,7 @@ func (r *Renderer) readOrder(ctx context.Context, dcs []string) ([]string, map[s
 		rtt = r.dcRTT
 	}
 	order := OrderDatacenters(all, r.localDC, rtt, r.dcOrder)
-	if fmt.Sprint(order) != fmt.Sprint(r.dcOrder) {
+	if !slices.Equal(order, r.dcOrder) {
 		r.log.Info("datacenter order", zap.Strings("order", order), zap.String("local", r.localDC), zap.Any("rtt", roundRTTs(rtt)))
 	}
 	r.dcOrder, r.dcRTT = order, rtt
@@ -164,7 +164,8 @@ func (r *Renderer) readAcross(ctx context.Context, local DatacenterView, dcs []s
 	return r.buildAcross(views, order, rtt)
 }
 
-// readDatacenter reads one datacenter's KV view and service health.
+// readDatacenter reads one datacenter's KV view and service health ("" =
+// the local datacenter).
 func (r *Renderer) readDatacenter(ctx context.Context, dc string) DatacenterView {
 	d := DatacenterView{Name: dc}
 	c, err := r.clientFor(dc)

@@ -270,18 +270,14 @@ func (r *Renderer) Mesh(ctx context.Context) (*Mesh, error) {
 	if r.opts.Client == nil {
 		return nil, errors.New("routing: no Consul client")
 	}
-	view, err := r.opts.Client.ReadCluster(ctx)
-	if err != nil {
-		return nil, err
+	local := r.readDatacenter(ctx, "")
+	if local.Err != nil {
+		return nil, local.Err
 	}
-	entries, _, err := r.health(ctx, r.opts.Client, 0)
-	if err != nil {
-		return nil, fmt.Errorf("health of service %q: %w", r.cluster, err)
+	if dcs := r.wantedDatacenters(ctx, local.View.Config); len(dcs) > 0 {
+		return r.readAcross(ctx, local, dcs), nil
 	}
-	if dcs := r.wantedDatacenters(ctx, view.Config); len(dcs) > 0 {
-		return r.readAcross(ctx, DatacenterView{View: view, Entries: entries}, dcs), nil
-	}
-	return r.build(view, entries), nil
+	return r.build(local.View, local.Entries), nil
 }
 
 func (r *Renderer) build(view *consulkv.ClusterView, entries []*api.ServiceEntry) *Mesh {

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -119,9 +119,8 @@ type dcState struct {
 	entries []*api.ServiceEntry
 	haveEnt bool
 	// kvErr and healthErr are the last failures of each watch (nil once a
-	// query succeeds again); tried is set by the first answer or failure.
+	// query succeeds again).
 	kvErr, healthErr error
-	tried            bool
 	cancel           context.CancelFunc
 }
 
@@ -134,7 +133,7 @@ func (d *dcState) err() error {
 
 // settled: the datacenter was read, or failed, at least once — the first
 // render does not wait for more.
-func (d *dcState) settled() bool { return (d.view != nil && d.haveEnt) || d.tried && d.err() != nil }
+func (d *dcState) settled() bool { return (d.view != nil && d.haveEnt) || d.err() != nil }
 
 // source combines the watches into meshes; the channel holds only the
 // newest one.
@@ -154,7 +153,7 @@ type source struct {
 	rtt    map[string]time.Duration
 	// cfgDCs is the cluster config's datacenters last seen locally;
 	// decided is set by the first refresh.
-	cfgDCs  string
+	cfgDCs  []string
 	decided bool
 	out     chan *Mesh
 }
@@ -166,7 +165,7 @@ func (s *source) watch(ctx context.Context, dc string, st *dcState) {
 	if err != nil {
 		// Only remote datacenters can fail here, and refresh, which starts
 		// them, holds s.mu.
-		st.kvErr, st.tried = err, true
+		st.kvErr = err
 		return
 	}
 	ctx, st.cancel = context.WithCancel(ctx)
@@ -185,7 +184,7 @@ func (s *source) watch(ctx context.Context, dc string, st *dcState) {
 			OnError: func(err error) {
 				r.opts.Metrics.watchError()
 				s.logWatchError(log, st, "watching the cluster's KV tree", err)
-				s.update(st, false, func() { st.kvErr, st.tried = err, true })
+				s.update(st, false, func() { st.kvErr = err })
 			},
 			OnSuccess: func() {
 				s.update(st, false, func() { st.kvErr = nil })
@@ -195,7 +194,7 @@ func (s *source) watch(ctx context.Context, dc string, st *dcState) {
 			if st == s.local {
 				s.localConfig(view.Config)
 			}
-			s.update(st, true, func() { st.view, st.tried = view, true })
+			s.update(st, true, func() { st.view = view })
 		})
 	}()
 	go func() {
@@ -203,11 +202,11 @@ func (s *source) watch(ctx context.Context, dc string, st *dcState) {
 		r.watchHealth(ctx, c, func(err error) {
 			r.opts.Metrics.watchError()
 			s.logWatchError(log, st, "watching the cluster's service health", err)
-			s.update(st, false, func() { st.healthErr, st.tried = err, true })
+			s.update(st, false, func() { st.healthErr = err })
 		}, func() {
 			s.update(st, false, func() { st.healthErr = nil })
 		}, func(e []*api.ServiceEntry) {
-			s.update(st, true, func() { st.entries, st.haveEnt, st.tried = e, true, true })
+			s.update(st, true, func() { st.entries, st.haveEnt = e, true })
 		})
 	}()
 }
@@ -235,7 +234,7 @@ func (s *source) update(st *dcState, data bool, change func()) {
 	before := st.err() == nil
 	change()
 	now := st.err() == nil
-	if st.name != "" && st.tried && now != before {
+	if st.name != "" && now != before {
 		if now {
 			s.r.log.Info("datacenter reachable again", zap.String("datacenter", st.name))
 		} else {
@@ -251,14 +250,14 @@ func (s *source) update(st *dcState, data bool, change func()) {
 // decides which datacenters to read (nothing is published before), and a
 // changed datacenters list changes it.
 func (s *source) localConfig(cfg *consulkv.ClusterConfig) {
-	key := "[]"
+	var dcs []string
 	if cfg != nil {
-		key = fmt.Sprint(cfg.Datacenters)
+		dcs = cfg.Datacenters
 	}
 	s.mu.Lock()
 	first := !s.decided
-	changed := key != s.cfgDCs
-	s.cfgDCs = key
+	changed := !slices.Equal(dcs, s.cfgDCs)
+	s.cfgDCs = dcs
 	s.mu.Unlock()
 	if first || changed && len(s.r.opts.Datacenters) == 0 {
 		s.refresh(s.ctx, cfg)
@@ -300,7 +299,7 @@ func (s *source) refresh(ctx context.Context, cfg *consulkv.ClusterConfig) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if fmt.Sprint(dcs) != fmt.Sprint(s.wanted) {
+	if !slices.Equal(dcs, s.wanted) {
 		r.log.Info("datacenters read", zap.Strings("datacenters", dcs), zap.String("local", r.localDC))
 	}
 	s.wanted, s.order, s.rtt, s.decided = dcs, order, rtt, true
