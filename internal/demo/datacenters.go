@@ -245,17 +245,27 @@ func catalogDatacenters(ctx context.Context, addr string) ([]string, error) {
 // started while it runs, else whichever its pid file names (a Consul the
 // user started again by hand); 0 when none runs.
 func (m *Mesh) ConsulPIDOf(d *Datacenter) int {
+	if cmd, _ := m.runningConsul(d); cmd != nil {
+		return cmd.Process.Pid
+	}
+	return consulFromPIDFile(d)
+}
+
+// runningConsul is the Consul server of d the demo started, and the
+// channel closed when it exits, while it runs (nil otherwise).
+func (m *Mesh) runningConsul(d *Datacenter) (*exec.Cmd, <-chan struct{}) {
 	m.mu.Lock()
 	cmd, done := d.cmd, d.done
 	m.mu.Unlock()
-	if cmd != nil {
-		select {
-		case <-done:
-		default:
-			return cmd.Process.Pid
-		}
+	if cmd == nil {
+		return nil, nil
 	}
-	return consulFromPIDFile(d)
+	select {
+	case <-done:
+		return nil, nil
+	default:
+		return cmd, done
+	}
 }
 
 // consulFromPIDFile is the pid in d's pid file when that process is a
@@ -280,20 +290,13 @@ func consulFromPIDFile(d *Datacenter) int {
 // without leaving the WAN pool, as a lost datacenter looks to the others)
 // and waits up to timeout before killing it. The groups of d keep running.
 func (m *Mesh) StopConsul(d *Datacenter, timeout time.Duration) {
-	m.mu.Lock()
-	cmd, done := d.cmd, d.done
-	m.mu.Unlock()
-	if cmd != nil {
+	if cmd, done := m.runningConsul(d); cmd != nil {
+		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:
-		default:
-			cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(timeout):
-				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-				<-done
-			}
+		case <-time.After(timeout):
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
 		}
 	}
 	// A Consul started again by hand (as the demo's summary shows) is no
