@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
@@ -421,7 +422,7 @@ func leaderFailoverDecision(o Observation) (Decision, bool) {
 	if candidate == "" {
 		candidate = bestCandidate(o)
 		if candidate == "" {
-			return Decision{Action: ActKeepLeader, ClearFailover: true, Reason: "switchover cancelled: no healthy candidate"}, true
+			return Decision{Action: ActKeepLeader, ClearFailover: true, Reason: "switchover cancelled: no healthy candidate" + candidateProblems(o)}, true
 		}
 	} else if why := candidateProblem(o, candidate); why != "" {
 		return Decision{Action: ActKeepLeader, ClearFailover: true, Reason: "switchover to " + candidate + " cancelled: " + why}, true
@@ -440,8 +441,29 @@ func candidateProblem(o Observation, name string) string {
 		return fmt.Sprintf("not a running replica (%s, %s)", m.Role, m.State)
 	case o.Config.SyncMode() != consulkv.SyncOff && !isSyncStandby(o.Group, name):
 		return "not a synchronous standby (synchronous_mode is " + o.Config.SyncMode() + ")"
+	case o.Group.Status != nil && len(o.Group.Status.LogicalSlots) > 0 && !m.LogicalSlotsReady:
+		// Promoted now, it would lack the slots other groups consume from
+		// (or hold them at an older position, from which they skip).
+		return "its copies of the logical slots are not current yet (logical_slots_ready)"
 	}
 	return ""
+}
+
+// candidateProblems lists why each other member cannot take over, for the
+// log line of a cancelled switchover: " (b: …; c: …)".
+func candidateProblems(o Observation) string {
+	var why []string
+	for _, n := range o.Group.MemberNames() {
+		if n != o.Member {
+			if p := candidateProblem(o, n); p != "" {
+				why = append(why, n+": "+p)
+			}
+		}
+	}
+	if len(why) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(why, "; ") + ")"
 }
 
 // bestCandidate picks the replica with the most WAL, then priority, then name.
@@ -515,7 +537,9 @@ func healthiest(o Observation) (bool, string) {
 	if st := g.Status; st != nil && len(st.LogicalSlots) > 0 && !o.Local.LogicalSlotsReady {
 		for _, n := range g.MemberNames() {
 			m := g.Members[n]
-			if n != o.Member && m.LogicalSlotsReady && !m.Tags.NoFailover && m.State == "running" {
+			// The former leader of a pending switchover does not race:
+			// deferring to it would leave the group without a leader.
+			if n != o.Member && n != formerLeader && m.LogicalSlotsReady && !m.Tags.NoFailover && m.State == "running" {
 				if p, ok := o.Peers[n]; ok && !p.Reachable {
 					continue
 				}

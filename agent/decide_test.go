@@ -375,6 +375,30 @@ func TestDecide(t *testing.T) {
 			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 1000}
 			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "c", RequestedAt: t0}
 		}), want: ActAcquire},
+		{name: "switchover to anyone: the former leader's slot copies do not block the others (seen: a leaderless group)", o: obs(func(o *Observation) {
+			noLeader(o)
+			o.Group.Status.LogicalSlots = map[string]consulkv.LogicalSlot{"spk_sub": {Plugin: "spock_output", ConfirmedFlush: 900}}
+			o.Group.Members["c"].LogicalSlotsReady = true
+			o.Peers["c"] = Peer{Reachable: true, Running: true, Role: consulkv.RoleReplica, LastLSN: 1000}
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "c", RequestedAt: t0}
+		}), want: ActAcquire},
+		{name: "switchover without candidate skips a replica whose slot copies are not current", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Status.LogicalSlots = map[string]consulkv.LogicalSlot{"spk_sub": {Plugin: "spock_output", ConfirmedFlush: 900}}
+			o.Group.Members["c"].ReplayLSN = 1500
+			o.Group.Members["a"].LogicalSlotsReady = true
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", RequestedAt: t0}
+		}), want: ActSwitchover, target: "a"},
+		{name: "switchover without candidate is cancelled when no replica has current slot copies, saying why", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Status.LogicalSlots = map[string]consulkv.LogicalSlot{"spk_sub": {Plugin: "spock_output", ConfirmedFlush: 900}}
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", RequestedAt: t0}
+		}), want: ActKeepLeader, clear: true, reason: "no healthy candidate (a: its copies of the logical slots are not current yet"},
+		{name: "switchover to a named candidate without current slot copies is cancelled", o: obs(func(o *Observation) {
+			asLeader(o)
+			o.Group.Status.LogicalSlots = map[string]consulkv.LogicalSlot{"spk_sub": {Plugin: "spock_output", ConfirmedFlush: 900}}
+			o.Group.Failover = &consulkv.FailoverRequest{Version: 1, Kind: consulkv.KindSwitchover, Leader: "b", Candidate: "c", RequestedAt: t0}
+		}), want: ActKeepLeader, clear: true, reason: "switchover to c cancelled: its copies of the logical slots are not current yet"},
 		{name: "sync mode: a peer that is not a sync standby does not block the race", o: obs(func(o *Observation) {
 			noLeader(o)
 			o.Member = "d"

@@ -43,6 +43,14 @@ func TestSwitchoverValidation(t *testing.T) {
 				f.group.Members["m2"].Tags.NoFailover = true
 				f.group.Members["m3"].State = "crashed"
 			}},
+		{name: "candidate without current logical slot copies", body: `{"leader":"m1","candidate":"m2"}`, code: 412, msg: `candidate "m2" has no current copies of the group's logical slots yet`,
+			mutate: func(f *fakeCtl) {
+				f.group.Status = &consulkv.GroupStatus{Version: 1, Leader: "m1", LogicalSlots: map[string]consulkv.LogicalSlot{"spk_sub": {}}}
+			}},
+		{name: "no replica with current logical slot copies", body: `{"leader":"m1"}`, code: 412, msg: "no candidate has current copies of the group's logical slots yet",
+			mutate: func(f *fakeCtl) {
+				f.group.Status = &consulkv.GroupStatus{Version: 1, Leader: "m1", LogicalSlots: map[string]consulkv.LogicalSlot{"spk_sub": {}}}
+			}},
 		{name: "leader alone", body: `{"leader":"m1"}`, code: 412, msg: "does not have members except leader",
 			mutate: func(f *fakeCtl) { delete(f.group.Members, "m2"); delete(f.group.Members, "m3") }},
 		{name: "paused without candidate", body: `{"leader":"m1"}`, code: 400, msg: "paused state",

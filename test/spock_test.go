@@ -439,8 +439,14 @@ func TestSpockMesh(t *testing.T) {
 	sa.members[la].Start()
 	sa.waitHealthy(120 * time.Second)
 
-	// 2. switchover in sb.
+	// 2. switchover in sb (to its standby, once that has current copies of
+	// the slot sa consumes from: refused before).
 	lb, _ := sb.leader()
+	sbStandby := sb.order[0]
+	if sbStandby == lb {
+		sbStandby = sb.order[1]
+	}
+	waitLogicalSlotsReady(t, sb, sbStandby)
 	p := newPgmeshCLI(t, m.c.HTTPAddr, "itest")
 	swStart := time.Now()
 	p.ok("switchover", "--group", "sb", "--force")

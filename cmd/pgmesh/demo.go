@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/internal/demo"
@@ -66,6 +67,13 @@ func demoCommand() *cli.Command {
 					mesh.Stop()
 					return cli.Exit("demo: replication between groups: "+err.Error(), 1)
 				}
+				fmt.Fprintf(c.App.Writer, "[+] waiting until every standby has current copies of its group's logical slots (a switchover is refused before)\n")
+				took, err := mesh.WaitSlotCopies(ctx, 150*time.Second)
+				if err != nil {
+					mesh.Stop()
+					return cli.Exit("demo: logical slot copies on the standbys: "+err.Error(), 1)
+				}
+				fmt.Fprintf(c.App.Writer, "      ready after %s\n", took.Round(100*time.Millisecond))
 			}
 			if dcs := mesh.DatacenterNames(); len(dcs) > 1 {
 				fmt.Fprintf(c.App.Writer, "[+] starting HAProxy fed by `pgmesh render` (local group n1 in dc1; it reads %s)\n", strings.Join(dcs, ", "))

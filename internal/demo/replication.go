@@ -193,3 +193,72 @@ func (m *Mesh) ProveReplication(ctx context.Context) (string, error) {
 	}
 	return fmt.Sprintf("a row written on %s (%s, key %s) was read back %s", first, table, key, strings.Join(parts, ", ")), nil
 }
+
+// WaitSlotCopies waits until every group's standbys report current copies
+// of the logical slots the other groups consume from (logical_slots_ready):
+// before that, a switchover is refused and a failover would cost the other
+// groups their place in this group's changes. It returns how long it took.
+func (m *Mesh) WaitSlotCopies(ctx context.Context, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	deadline := start.Add(timeout)
+	for _, d := range m.dcs {
+		kv, err := consulkv.New(consulkv.Config{Address: d.HTTPAddr(), Cluster: m.opts.Cluster})
+		if err != nil {
+			return 0, err
+		}
+		for _, g := range m.Groups() {
+			if m.groupDatacenter(g) != d.Name {
+				continue
+			}
+			for {
+				v, err := kv.ReadGroup(ctx, g)
+				why := ""
+				if err != nil {
+					why = err.Error()
+				} else {
+					why = slotCopiesMissing(v)
+				}
+				if why == "" {
+					break
+				}
+				if time.Now().After(deadline) {
+					return 0, fmt.Errorf("group %s after %s: %s", g, timeout, why)
+				}
+				select {
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				case <-time.After(300 * time.Millisecond):
+				}
+			}
+		}
+	}
+	return time.Since(start), nil
+}
+
+// groupDatacenter is the datacenter group g lives in.
+func (m *Mesh) groupDatacenter(g string) string {
+	for _, mem := range m.members {
+		if mem.Group == g {
+			return mem.Datacenter
+		}
+	}
+	return ""
+}
+
+// slotCopiesMissing says which standby of g lacks current copies of the
+// leader's logical slots ("" when every one has them).
+func slotCopiesMissing(g *consulkv.GroupView) string {
+	leader := ""
+	if g.Leader != nil {
+		leader = g.Leader.Member
+	}
+	if g.Status == nil || g.Status.Leader != leader || len(g.Status.LogicalSlots) == 0 {
+		return "its leader publishes no logical slots yet"
+	}
+	for _, n := range g.MemberNames() {
+		if m := g.Members[n]; n != leader && m != nil && !m.LogicalSlotsReady {
+			return n + " has no current copies of the logical slots yet"
+		}
+	}
+	return ""
+}
