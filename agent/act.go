@@ -508,6 +508,9 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 			a.log.Warn("could not reset spock.readonly before promoting", zap.Error(err))
 		}
 	}
+	// How far replay got with each publisher's changes, read before Spock's
+	// or PostgreSQL's apply workers start on the new primary and move it.
+	replayedOrigins, originsErr := inst.ReplicationOrigins(ctx)
 	start := time.Now()
 	// Promote first: pg_ctl promote needs standby.signal in place, which
 	// WriteConfig(Primary) would remove.
@@ -541,7 +544,15 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 		a.register(a.State())
 	}
 	a.log.Info("promoted to primary", zap.String("reason", reason), zap.Uint32("timeline", st.Timeline), zap.Duration("took", time.Since(start).Round(time.Millisecond)))
-	if err := a.kv.AppendHistory(ctx, a.cfg.Group, a.lock.Session(), consulkv.HistoryEntry{Timeline: oldTL, LSN: lastLSN, Reason: reason, At: time.Now().UTC(), NewLeader: a.cfg.Name}); err != nil {
+	var skipped []consulkv.SkippedChanges
+	if o.Group != nil {
+		if originsErr != nil {
+			a.log.Warn("could not check for other groups' changes this promotion skipped", zap.Error(originsErr))
+		} else {
+			skipped = a.findSkippedChanges(ctx, o.Group.Status, replayedOrigins)
+		}
+	}
+	if err := a.kv.AppendHistory(ctx, a.cfg.Group, a.lock.Session(), consulkv.HistoryEntry{Timeline: oldTL, LSN: lastLSN, Reason: reason, At: time.Now().UTC(), NewLeader: a.cfg.Name, SkippedChanges: skipped}); err != nil {
 		a.log.Warn("could not append to the history", zap.Error(err))
 	}
 	if o.Group != nil && o.Group.Failover != nil {
@@ -591,7 +602,8 @@ func (a *Agent) leaderHousekeeping(ctx context.Context, g *consulkv.GroupView) e
 	}
 	logicalSlots, logical := a.leaderLogical(ctx, st)
 	a.logical = logical
-	gs := &consulkv.GroupStatus{Version: consulkv.ValueVersion, Leader: a.cfg.Name, LastLSN: uint64(st.CurrentLSN), Timeline: st.Timeline, LogicalSlots: logicalSlots, UpdatedAt: time.Now().UTC()}
+	gs := &consulkv.GroupStatus{Version: consulkv.ValueVersion, Leader: a.cfg.Name, LastLSN: uint64(st.CurrentLSN), Timeline: st.Timeline, LogicalSlots: logicalSlots,
+		Origins: a.leaderOrigins(ctx), UpdatedAt: time.Now().UTC()}
 	statusPresent := g != nil && g.Status != nil && g.Status.Leader == a.cfg.Name
 	if now := time.Now(); a.statusWrite.due(a.lock.Session(), gs, statusPresent, now) {
 		if err := a.kv.LeaderPut(ctx, a.cfg.Group, a.lock.Session(), a.kv.StatusKey(a.cfg.Group), gs); err != nil {

@@ -304,7 +304,11 @@ type GroupStatus struct {
 	// LogicalSlots are the leader's logical slots (Spock's or native
 	// subscriptions'), which replicas keep copies of.
 	LogicalSlots map[string]LogicalSlot `json:"logical_slots,omitempty"`
-	UpdatedAt    time.Time              `json:"updated_at"`
+	// Origins is how far the leader applied each publisher's changes
+	// (replication origin → the publisher's LSN), so a standby promoted
+	// after the leader died can tell which of them it never received.
+	Origins   map[string]uint64 `json:"origins,omitempty"`
+	UpdatedAt time.Time         `json:"updated_at"`
 }
 
 // LogicalSlot describes a logical slot on the leader.
@@ -362,6 +366,25 @@ type HistoryEntry struct {
 	Reason    string    `json:"reason"`
 	At        time.Time `json:"at"`
 	NewLeader string    `json:"new_leader"`
+	// SkippedChanges are other groups' changes this promotion left out: the
+	// old leader applied them and confirmed them to their publisher, the
+	// new leader never received them, and the publisher will not send them
+	// again.
+	SkippedChanges []SkippedChanges `json:"skipped_changes,omitempty"`
+}
+
+// SkippedChanges is a range of a publisher's WAL whose changes a subscriber
+// group's new leader lacks: from its own position (From) to what the old
+// leader had applied and the publisher had confirmed (To).
+type SkippedChanges struct {
+	Origin string `json:"origin"`
+	Slot   string `json:"slot"`
+	// Publisher is the group whose slot confirmed the range; "" when no
+	// group published the slot, and then the range is only what the old
+	// leader had applied (the publisher may still send part of it).
+	Publisher string `json:"publisher,omitempty"`
+	From      uint64 `json:"from"`
+	To        uint64 `json:"to"`
 }
 
 // History is the value of groups/<g>/history.

@@ -21,6 +21,34 @@ type historyLine struct {
 	Reason    string    `json:"reason" yaml:"reason"`
 	At        time.Time `json:"at" yaml:"at"`
 	NewLeader string    `json:"new_leader" yaml:"new_leader"`
+	// SkippedChanges are other groups' changes the promotion left out (see
+	// consulkv.SkippedChanges).
+	SkippedChanges []skippedLine `json:"skipped_changes,omitempty" yaml:"skipped_changes,omitempty"`
+}
+
+// skippedLine is a range of a publisher's WAL a promotion skipped.
+type skippedLine struct {
+	Origin    string `json:"origin" yaml:"origin"`
+	Slot      string `json:"slot" yaml:"slot"`
+	Publisher string `json:"publisher,omitempty" yaml:"publisher,omitempty"`
+	From      string `json:"from" yaml:"from"`
+	To        string `json:"to" yaml:"to"`
+}
+
+func skippedLines(in []consulkv.SkippedChanges) []skippedLine {
+	var out []skippedLine
+	for _, s := range in {
+		out = append(out, skippedLine{Origin: s.Origin, Slot: s.Slot, Publisher: s.Publisher, From: health.FormatLSN(s.From), To: health.FormatLSN(s.To)})
+	}
+	return out
+}
+
+// sentence says what a skipped range means for the group that promoted.
+func (s skippedLine) sentence() string {
+	if s.Publisher == "" {
+		return fmt.Sprintf("may lack changes its old leader had applied from slot %s (publisher's WAL %s to %s; no group publishes that slot, so they may not be sent again)", s.Slot, s.From, s.To)
+	}
+	return fmt.Sprintf("lacks changes of group %s (slot %s, %s's WAL %s to %s) that %s will not send again", s.Publisher, s.Slot, s.Publisher, s.From, s.To, s.Publisher)
 }
 
 func historyLines(h *consulkv.History) []historyLine {
@@ -29,7 +57,8 @@ func historyLines(h *consulkv.History) []historyLine {
 		return out
 	}
 	for _, e := range h.Entries {
-		out = append(out, historyLine{Timeline: e.Timeline, LSN: health.FormatLSN(e.LSN), Reason: e.Reason, At: e.At, NewLeader: e.NewLeader})
+		out = append(out, historyLine{Timeline: e.Timeline, LSN: health.FormatLSN(e.LSN), Reason: e.Reason, At: e.At, NewLeader: e.NewLeader,
+			SkippedChanges: skippedLines(e.SkippedChanges)})
 	}
 	return out
 }
@@ -44,6 +73,11 @@ func renderHistory(w io.Writer, lines []historyLine) {
 	}
 	tw.Flush()
 	writeTrimmed(w, tb.String())
+	for _, l := range lines {
+		for _, sk := range l.SkippedChanges {
+			fmt.Fprintf(w, "!! %s, promoted on timeline %d, %s\n", l.NewLeader, l.Timeline+1, sk.sentence())
+		}
+	}
 }
 
 func historyCommand() *cli.Command {

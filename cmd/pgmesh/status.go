@@ -159,6 +159,13 @@ type groupStatus struct {
 	// DetectionWarnings name the members whose dead host would be noticed
 	// more slowly than --detection-goal, with the fix.
 	DetectionWarnings []string `json:"detection_warnings,omitempty" yaml:"detection_warnings,omitempty"`
+	// SkippedChanges are other groups' changes the group's latest
+	// promotion left out (they stay listed until the next promotion; the
+	// history keeps them).
+	SkippedChanges []skippedLine `json:"skipped_changes,omitempty" yaml:"skipped_changes,omitempty"`
+	// LastPromotion is when and to whom the latest promotion went, for
+	// SkippedChanges.
+	LastPromotion *historyLine `json:"-" yaml:"-"`
 }
 
 type memberStatus struct {
@@ -291,6 +298,11 @@ func buildGroup(g *consulkv.GroupView, cfg consulkv.ClusterConfig) groupStatus {
 	}
 	for _, p := range g.Problems {
 		gs.Problems = append(gs.Problems, trimPkg(p.Error()))
+	}
+	if g.History != nil && len(g.History.Entries) > 0 {
+		if lines := historyLines(&consulkv.History{Entries: g.History.Entries[len(g.History.Entries)-1:]}); len(lines[0].SkippedChanges) > 0 {
+			gs.SkippedChanges, gs.LastPromotion = lines[0].SkippedChanges, &lines[0]
+		}
 	}
 	return gs
 }
@@ -468,6 +480,10 @@ func footer(doc statusDoc) []string {
 			}
 		}
 		out = append(out, g.DetectionWarnings...)
+		for _, sk := range g.SkippedChanges {
+			out = append(out, fmt.Sprintf("!! Group %s %s: its promotion of %s at %s left them out (the old leader had confirmed them before its standby had them). Compare the groups' tables and repair.",
+				g.Name, sk.sentence(), g.LastPromotion.NewLeader, g.LastPromotion.At.Local().Format(time.RFC3339)))
+		}
 		for _, p := range g.Problems {
 			out = append(out, "Consul problem: "+p)
 		}

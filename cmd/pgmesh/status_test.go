@@ -292,3 +292,46 @@ func TestReplicationSection(t *testing.T) {
 		t.Errorf("table:\n%s", out.String())
 	}
 }
+
+func TestSkippedChangesShown(t *testing.T) {
+	v := testView()
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	v.Groups["g1"].History = &consulkv.History{Version: 1, Entries: []consulkv.HistoryEntry{
+		{Timeline: 1, LSN: 0x100, Reason: "switchover", At: at.Add(-time.Hour), NewLeader: "n2"},
+		{Timeline: 2, LSN: 0x200, Reason: "leader gone", At: at, NewLeader: "n1", SkippedChanges: []consulkv.SkippedChanges{
+			{Origin: "spk_postgres_g2_sub", Slot: "spk_postgres_g2_sub", Publisher: "g2", From: 0x313BA20, To: 0x313C9B0},
+			{Origin: "pg_16400", Slot: "sub_x", From: 0x10, To: 0x20},
+		}},
+	}}
+	doc := buildStatus("prod", v, "", 0)
+	var g1 groupStatus
+	for _, g := range doc.Groups {
+		if g.Name == "g1" {
+			g1 = g
+		}
+	}
+	if len(g1.SkippedChanges) != 2 || g1.SkippedChanges[0].From != "0/313BA20" || g1.SkippedChanges[0].To != "0/313C9B0" {
+		t.Fatalf("skipped changes of the latest promotion: %+v", g1.SkippedChanges)
+	}
+	lines := strings.Join(footer(doc), "\n")
+	for _, want := range []string{
+		"!! Group g1 lacks changes of group g2 (slot spk_postgres_g2_sub, g2's WAL 0/313BA20 to 0/313C9B0) that g2 will not send again: its promotion of n1 at",
+		"!! Group g1 may lack changes its old leader had applied from slot sub_x (publisher's WAL 0/10 to 0/20;",
+	} {
+		if !strings.Contains(lines, want) {
+			t.Errorf("footer lacks %q:\n%s", want, lines)
+		}
+	}
+	var b bytes.Buffer
+	renderHistory(&b, historyLines(v.Groups["g1"].History))
+	if !strings.Contains(b.String(), "!! n1, promoted on timeline 3, lacks changes of group g2") {
+		t.Errorf("history:\n%s", b.String())
+	}
+	// A later promotion without skipped changes clears the status line
+	// (the history keeps it).
+	h := v.Groups["g1"].History
+	h.Entries = append(h.Entries, consulkv.HistoryEntry{Timeline: 3, At: at.Add(time.Hour), NewLeader: "n2"})
+	if doc := buildStatus("prod", v, "", 0); strings.Contains(strings.Join(footer(doc), "\n"), "lacks changes") {
+		t.Errorf("status still reports the older promotion's skipped changes")
+	}
+}

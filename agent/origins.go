@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"context"
+	"sort"
+
+	"github.com/pgmesh/pgmesh/consulkv"
+	"github.com/pgmesh/pgmesh/health"
+	"github.com/pgmesh/pgmesh/pg"
+	"go.uber.org/zap"
+)
+
+// A subscriber's apply worker (Spock's, and PostgreSQL's own with the
+// default synchronous_commit = off for subscriptions) confirms a change to
+// the publisher once it is flushed on the subscriber's primary, without
+// waiting for that primary's standbys. When the primary dies before a
+// standby received the change, the promoted standby resumes from its older
+// replication-origin position and the publisher, whose slot has moved on,
+// skips ahead: the change stays on the publishing group only. pgmesh cannot
+// hold the confirmation back, so the new leader at least finds the ranges
+// and says so (log, history, status).
+
+// publishedSlot is a logical slot as a publishing group's leader published
+// it.
+type publishedSlot struct {
+	group     string
+	confirmed uint64
+	ambiguous bool // several groups publish a slot of that name
+}
+
+// publishedSlots indexes the logical slots of every group but self.
+func publishedSlots(groups map[string]*consulkv.GroupView, self string) map[string]publishedSlot {
+	out := map[string]publishedSlot{}
+	for name, g := range groups {
+		if name == self || g == nil || g.Status == nil {
+			continue
+		}
+		for slot, s := range g.Status.LogicalSlots {
+			if p, seen := out[slot]; seen {
+				p.ambiguous = true
+				out[slot] = p
+				continue
+			}
+			out[slot] = publishedSlot{group: name, confirmed: s.ConfirmedFlush}
+		}
+	}
+	return out
+}
+
+// skippedChanges compares how far the old leader had applied each origin
+// (prev, its last published status) with what this member replayed (own),
+// bounded by what the publisher confirmed: a publisher that confirmed no
+// further than own sends the rest again, so nothing is skipped. An origin
+// whose slot no group publishes keeps the old leader's bound and no
+// publisher name (part of it may still arrive).
+func skippedChanges(prev map[string]uint64, own []pg.ReplicationOrigin, slots map[string]publishedSlot) []consulkv.SkippedChanges {
+	mine := map[string]pg.ReplicationOrigin{}
+	for _, o := range own {
+		mine[o.Name] = o
+	}
+	names := make([]string, 0, len(prev))
+	for name := range prev {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	var out []consulkv.SkippedChanges
+	for _, name := range names {
+		from := uint64(mine[name].RemoteLSN)
+		to := prev[name]
+		if to <= from {
+			continue
+		}
+		slot := mine[name].Slot
+		if slot == "" {
+			slot = name // Spock names an origin after its slot
+		}
+		publisher := ""
+		if p, ok := slots[slot]; ok && !p.ambiguous {
+			if p.confirmed <= from {
+				continue
+			}
+			if p.confirmed < to {
+				to = p.confirmed
+			}
+			publisher = p.group
+		}
+		out = append(out, consulkv.SkippedChanges{Origin: name, Slot: slot, Publisher: publisher, From: from, To: to})
+	}
+	return out
+}
+
+// leaderOrigins is what the leader publishes in the group status.
+func (a *Agent) leaderOrigins(ctx context.Context) map[string]uint64 {
+	origins, err := a.pgi().ReplicationOrigins(ctx)
+	if err != nil {
+		a.log.Debug("reading replication origins failed", zap.Error(err))
+		return nil
+	}
+	if len(origins) == 0 {
+		return nil
+	}
+	out := make(map[string]uint64, len(origins))
+	for _, o := range origins {
+		out[o.Name] = uint64(o.RemoteLSN)
+	}
+	return out
+}
+
+// findSkippedChanges runs after a promotion: own is what this member had
+// replayed of each origin just before it was promoted, prev the status the
+// old leader published last.
+func (a *Agent) findSkippedChanges(ctx context.Context, prev *consulkv.GroupStatus, own []pg.ReplicationOrigin) []consulkv.SkippedChanges {
+	if prev == nil || prev.Leader == a.cfg.Name || len(prev.Origins) == 0 {
+		return nil
+	}
+	var slots map[string]publishedSlot
+	if cv, err := a.kv.ReadCluster(ctx); err != nil {
+		a.log.Warn("could not read the publishers' slots to check for skipped changes", zap.Error(err))
+	} else {
+		slots = publishedSlots(cv.Groups, a.cfg.Group)
+	}
+	skipped := skippedChanges(prev.Origins, own, slots)
+	for _, s := range skipped {
+		fields := []zap.Field{zap.String("origin", s.Origin), zap.String("slot", s.Slot), zap.String("old_leader", prev.Leader),
+			zap.String("from", health.FormatLSN(s.From)), zap.String("to", health.FormatLSN(s.To)), zap.Uint64("publisher_wal_bytes", s.To-s.From)}
+		if s.Publisher != "" {
+			a.log.Error("this failover skipped changes from another group: the old leader applied and confirmed them, this member never received them, and the publisher will not send them again; compare the groups' tables and repair",
+				append(fields, zap.String("publisher", s.Publisher))...)
+		} else {
+			a.log.Error("this failover may have skipped changes from another group: the old leader had applied them, this member never received them (no group publishes the slot, so whether the publisher sends them again is unknown)", fields...)
+		}
+	}
+	return skipped
+}
