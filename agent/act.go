@@ -508,9 +508,7 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 			a.log.Warn("could not reset spock.readonly before promoting", zap.Error(err))
 		}
 	}
-	// How far replay got with each publisher's changes, read before Spock's
-	// or PostgreSQL's apply workers start on the new primary and move it.
-	replayedOrigins, originsErr := inst.ReplicationOrigins(ctx)
+	replayedOrigins, originsErr := a.replayedOrigins(ctx, inst)
 	start := time.Now()
 	// Promote first: pg_ctl promote needs standby.signal in place, which
 	// WriteConfig(Primary) would remove.
@@ -547,7 +545,7 @@ func (a *Agent) promote(ctx context.Context, o Observation, reason string) error
 	var skipped []consulkv.SkippedChanges
 	if o.Group != nil {
 		if originsErr != nil {
-			a.log.Warn("could not check for other groups' changes this promotion skipped", zap.Error(originsErr))
+			a.log.Warn("not checking for other groups' changes this promotion skipped", zap.Error(originsErr))
 		} else {
 			skipped = a.findSkippedChanges(ctx, o.Group.Status, replayedOrigins)
 		}

@@ -441,7 +441,7 @@ func candidateProblem(o Observation, name string) string {
 		return fmt.Sprintf("not a running replica (%s, %s)", m.Role, m.State)
 	case o.Config.SyncMode() != consulkv.SyncOff && !isSyncStandby(o.Group, name):
 		return "not a synchronous standby (synchronous_mode is " + o.Config.SyncMode() + ")"
-	case o.Group.Status != nil && len(o.Group.Status.LogicalSlots) > 0 && !m.LogicalSlotsReady:
+	case o.Group.LacksSlotCopies(m):
 		// Promoted now, it would lack the slots other groups consume from
 		// (or hold them at an older position, from which they skip).
 		return "its copies of the logical slots are not current yet (logical_slots_ready)"
@@ -534,7 +534,7 @@ func healthiest(o Observation) (bool, string) {
 			return false, fmt.Sprintf("%d bytes behind the last leader, more than maximum_lag_on_failover %d", lag, o.Config.MaximumLagOnFailover)
 		}
 	}
-	if st := g.Status; st != nil && len(st.LogicalSlots) > 0 && !o.Local.LogicalSlotsReady {
+	if g.PublishesLogicalSlots() && !o.Local.LogicalSlotsReady {
 		for _, n := range g.MemberNames() {
 			m := g.Members[n]
 			// The former leader of a pending switchover does not race:

@@ -93,7 +93,12 @@ func (a *Agent) leaderLogical(ctx context.Context, st pg.Status) (map[string]con
 				return err
 			}
 			lsn, _ := pg.ParseLSN(confirmed)
-			slots[name] = consulkv.LogicalSlot{Plugin: plugin, Database: db, ConfirmedFlush: uint64(lsn)}
+			// A lost slot is useless to its subscriber anywhere: published,
+			// it would keep every standby from ever counting as ready (and
+			// so refuse every switchover). It stays in the status below.
+			if walStatus != "lost" {
+				slots[name] = consulkv.LogicalSlot{Plugin: plugin, Database: db, ConfirmedFlush: uint64(lsn)}
+			}
 			lag := uint64(0)
 			if uint64(st.CurrentLSN) > uint64(lsn) {
 				lag = uint64(st.CurrentLSN) - uint64(lsn)
@@ -113,7 +118,7 @@ func (a *Agent) leaderLogical(ctx context.Context, st pg.Status) (map[string]con
 			a.log.Warn("listing failover flags of logical slots failed", zap.Error(err))
 		} else {
 			for _, s := range s17 {
-				if !s.Failover {
+				if !s.Failover || s.Invalidated != "" {
 					delete(slots, s.Name)
 				}
 			}

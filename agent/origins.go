@@ -2,7 +2,10 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sort"
+	"time"
 
 	"github.com/pgmesh/pgmesh/consulkv"
 	"github.com/pgmesh/pgmesh/health"
@@ -65,15 +68,17 @@ func skippedChanges(prev map[string]uint64, own []pg.ReplicationOrigin, slots ma
 	sort.Strings(names)
 	var out []consulkv.SkippedChanges
 	for _, name := range names {
-		from := uint64(mine[name].RemoteLSN)
-		to := prev[name]
+		own, ok := mine[name]
+		if !ok {
+			// Dropped since the old leader's last status (a finished sync,
+			// a dropped subscription): nothing here to resume from.
+			continue
+		}
+		from, to := uint64(own.RemoteLSN), prev[name]
 		if to <= from {
 			continue
 		}
-		slot := mine[name].Slot
-		if slot == "" {
-			slot = name // Spock names an origin after its slot
-		}
+		slot := own.Slot
 		publisher := ""
 		if p, ok := slots[slot]; ok && !p.ambiguous {
 			if p.confirmed <= from {
@@ -101,9 +106,40 @@ func (a *Agent) leaderOrigins(ctx context.Context) map[string]uint64 {
 	}
 	out := make(map[string]uint64, len(origins))
 	for _, o := range origins {
-		out[o.Name] = uint64(o.RemoteLSN)
+		if o.RemoteLSN != 0 {
+			out[o.Name] = uint64(o.RemoteLSN)
+		}
+	}
+	if len(out) == 0 {
+		return nil
 	}
 	return out
+}
+
+// replayedOrigins is how far this standby replayed each publisher's
+// changes, read just before its promotion: before Spock's or PostgreSQL's
+// apply workers start on the new primary and move the origins, and after
+// replay has caught up with the WAL received (promotion replays it anyway,
+// so waiting costs little; a position read earlier would report received
+// changes as skipped). WAL still arriving (an old primary not quite gone)
+// can keep replay behind: after a second the check is given up rather than
+// the promotion delayed.
+func (a *Agent) replayedOrigins(ctx context.Context, inst *pg.Instance) ([]pg.ReplicationOrigin, error) {
+	deadline := time.Now().Add(time.Second)
+	for {
+		done, err := inst.ReplayCaughtUp(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("replay position: %w", err)
+		}
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, errors.New("replay still behind the received WAL after 1s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return inst.ReplicationOrigins(ctx)
 }
 
 // findSkippedChanges runs after a promotion: own is what this member had
@@ -114,20 +150,27 @@ func (a *Agent) findSkippedChanges(ctx context.Context, prev *consulkv.GroupStat
 		return nil
 	}
 	var slots map[string]publishedSlot
-	if cv, err := a.kv.ReadCluster(ctx); err != nil {
-		a.log.Warn("could not read the publishers' slots to check for skipped changes", zap.Error(err))
-	} else {
-		slots = publishedSlots(cv.Groups, a.cfg.Group)
+	for attempt := 1; ; attempt++ {
+		cv, err := a.kv.ReadCluster(ctx)
+		if err == nil {
+			slots = publishedSlots(cv.Groups, a.cfg.Group)
+			break
+		}
+		if attempt == 3 || ctx.Err() != nil {
+			a.log.Warn("could not read the publishers' slots: skipped ranges are reported with the old leader's bound only", zap.Error(err))
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
 	}
 	skipped := skippedChanges(prev.Origins, own, slots)
 	for _, s := range skipped {
 		fields := []zap.Field{zap.String("origin", s.Origin), zap.String("slot", s.Slot), zap.String("old_leader", prev.Leader),
 			zap.String("from", health.FormatLSN(s.From)), zap.String("to", health.FormatLSN(s.To)), zap.Uint64("publisher_wal_bytes", s.To-s.From)}
 		if s.Publisher != "" {
-			a.log.Error("this failover skipped changes from another group: the old leader applied and confirmed them, this member never received them, and the publisher will not send them again; compare the groups' tables and repair",
+			a.log.Error("this promotion skipped changes from another group: the old leader applied and confirmed them, this member never received them, and the publisher will not send them again; compare the groups' tables and repair",
 				append(fields, zap.String("publisher", s.Publisher))...)
 		} else {
-			a.log.Error("this failover may have skipped changes from another group: the old leader had applied them, this member never received them (no group publishes the slot, so whether the publisher sends them again is unknown)", fields...)
+			a.log.Error("this promotion may have skipped changes from another group: the old leader had applied them, this member never received them (no group publishes the slot, so whether the publisher sends them again is unknown)", fields...)
 		}
 	}
 	return skipped

@@ -48,8 +48,12 @@ func TestSkippedChanges(t *testing.T) {
 			want:  []consulkv.SkippedChanges{{Origin: spockSlot, Slot: spockSlot, From: 0x1000, To: 0x2000}}},
 		{name: "an origin this member never applied anything of",
 			prev:  map[string]uint64{"spk_postgres_sc_sub_sb_from_sc": 0x300},
+			own:   []pg.ReplicationOrigin{{Name: "spk_postgres_sc_sub_sb_from_sc", Slot: "spk_postgres_sc_sub_sb_from_sc"}},
 			slots: map[string]publishedSlot{"spk_postgres_sc_sub_sb_from_sc": {group: "sc", confirmed: 0x400}},
 			want:  []consulkv.SkippedChanges{{Origin: "spk_postgres_sc_sub_sb_from_sc", Slot: "spk_postgres_sc_sub_sb_from_sc", Publisher: "sc", From: 0, To: 0x300}}},
+		{name: "an origin this member does not have (dropped since the old leader's status): nothing to resume from",
+			prev: map[string]uint64{"spk_postgres_sc_sub_sb_from_sc": 0x300}, own: own,
+			slots: map[string]publishedSlot{"spk_postgres_sc_sub_sb_from_sc": {group: "sc", confirmed: 0x400}}},
 		{name: "ranges come out sorted by origin",
 			prev: map[string]uint64{spockSlot: 0x2000, "pg_16400": 0x7000}, own: own,
 			want: []consulkv.SkippedChanges{

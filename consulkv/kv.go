@@ -203,6 +203,19 @@ func (g *GroupView) MemberNames() []string {
 	return names
 }
 
+// PublishesLogicalSlots: the group's status lists logical slots that other
+// groups consume from, so a standby needs current copies of them before it
+// may take over in a switchover (and is preferred in a failover).
+func (g *GroupView) PublishesLogicalSlots() bool {
+	return g != nil && g.Status != nil && len(g.Status.LogicalSlots) > 0
+}
+
+// LacksSlotCopies: the group publishes logical slots and m does not report
+// current copies of them (logical_slots_ready).
+func (g *GroupView) LacksSlotCopies(m *MemberStatus) bool {
+	return g.PublishesLogicalSlots() && (m == nil || !m.LogicalSlotsReady)
+}
+
 // ClusterView is one consistent read of the whole cluster.
 type ClusterView struct {
 	Index uint64

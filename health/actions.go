@@ -211,7 +211,7 @@ func failoverImpossible(g *consulkv.GroupView, kind, leader, candidate string, s
 			return fmt.Sprintf("candidate %q is not a replica", candidate)
 		case kind == consulkv.KindSwitchover && len(sync) > 0 && !contains(sync, candidate):
 			return "candidate name does not match with sync_standby"
-		case kind == consulkv.KindSwitchover && slotsUnready(g, m):
+		case cur != "" && g.LacksSlotCopies(m):
 			return fmt.Sprintf("candidate %q has no current copies of the group's logical slots yet (logical_slots_ready); other groups consuming from this one would lose their place", candidate)
 		}
 		return ""
@@ -227,7 +227,7 @@ func failoverImpossible(g *consulkv.GroupView, kind, leader, candidate string, s
 		}
 		if m.State == "running" && m.Role == consulkv.RoleReplica && !m.Tags.NoFailover &&
 			(len(sync) == 0 || contains(sync, name)) {
-			if kind == consulkv.KindSwitchover && slotsUnready(g, m) {
+			if cur != "" && g.LacksSlotCopies(m) {
 				unready++
 				continue
 			}
@@ -241,13 +241,6 @@ func failoverImpossible(g *consulkv.GroupView, kind, leader, candidate string, s
 		return kind + " is not possible: no candidate has current copies of the group's logical slots yet (logical_slots_ready); wait until one reports them"
 	}
 	return kind + " is not possible: no good candidates have been found"
-}
-
-// slotsUnready: the leader publishes logical slots (other groups consume
-// from this one) and m has no current copies of them. The leader's
-// decision refuses such a candidate too; answering here says why at once.
-func slotsUnready(g *consulkv.GroupView, m *consulkv.MemberStatus) bool {
-	return g.Status != nil && len(g.Status.LogicalSlots) > 0 && !m.LogicalSlotsReady
 }
 
 // scheduleLayouts are the ISO 8601 shapes patronictl and people write.

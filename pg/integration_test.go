@@ -8,10 +8,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -324,6 +326,38 @@ func TestIntegrationReplicationFailoverRewind(t *testing.T) {
 		if pending, err := inst.PendingRestart(ctx); err != nil || len(pending) != 0 {
 			t.Fatalf("%s: pending restart %v %v", inst.Config().Name, pending, err)
 		}
+	}
+	// Replication origins as a subscriber's apply leaves them: a commit
+	// carrying an origin reaches the standby with its remote position; an
+	// origin nothing was applied of is listed at 0/0 (a standby shows it
+	// only in the catalog).
+	if err := p.WithConn(ctx, func(c *pgx.Conn) error {
+		for _, sql := range []string{
+			"SELECT pg_replication_origin_create('spk_applied')",
+			"SELECT pg_replication_origin_create('spk_idle')",
+			"CREATE TABLE origin_probe(i int)",
+			"SELECT pg_replication_origin_session_setup('spk_applied')",
+			"BEGIN",
+			"SELECT pg_replication_origin_xact_setup('0/1234ABC', now())",
+			"INSERT INTO origin_probe VALUES (1)",
+			"COMMIT",
+			"SELECT pg_replication_origin_session_reset()",
+		} {
+			if _, err := c.Exec(ctx, sql); err != nil {
+				return fmt.Errorf("%s: %w", sql, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wantOrigins := []ReplicationOrigin{{Name: "spk_applied", Slot: "spk_applied", RemoteLSN: 0x1234ABC}, {Name: "spk_idle", Slot: "spk_idle"}}
+	for _, inst := range []*Instance{p, r} {
+		eventually(t, ctx, inst.Config().Name+"'s replication origins", 30*time.Second, func(ctx context.Context) (bool, string) {
+			got, err := inst.ReplicationOrigins(ctx)
+			caughtUp, cerr := inst.ReplayCaughtUp(ctx)
+			return err == nil && cerr == nil && caughtUp && reflect.DeepEqual(got, wantOrigins), fmt.Sprintf("%+v %v caught up %v %v", got, err, caughtUp, cerr)
+		})
 	}
 	if js, err := json.Marshal(pst); err != nil || !strings.Contains(string(js), `"current_lsn":"`+pst.CurrentLSN.String()+`"`) {
 		t.Fatalf("status JSON: %s %v", js, err)

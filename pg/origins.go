@@ -20,16 +20,21 @@ type ReplicationOrigin struct {
 	RemoteLSN LSN
 }
 
-// ReplicationOrigins lists the replication origins that have applied
-// something. It works on a primary and on a hot standby.
+// ReplicationOrigins lists the replication origins of subscriptions (a
+// native subscription's table-synchronisation origins, pg_<sub>_<rel>, are
+// left out: they live only while a table is copied). It works on a primary
+// and on a hot standby.
 func (i *Instance) ReplicationOrigins(ctx context.Context) ([]ReplicationOrigin, error) {
 	var out []ReplicationOrigin
 	err := i.WithConn(ctx, func(c *pgx.Conn) error {
-		rows, err := c.Query(ctx, `SELECT os.external_id, coalesce(s.subslotname::text, os.external_id), os.remote_lsn::text
-			FROM pg_replication_origin_status os
-			LEFT JOIN pg_subscription s ON os.external_id = 'pg_' || s.oid
-			WHERE os.external_id IS NOT NULL AND os.remote_lsn <> '0/0'
-			ORDER BY os.external_id`)
+		// The catalog, not only pg_replication_origin_status: a standby
+		// lists an origin there only once it replayed something of it.
+		rows, err := c.Query(ctx, `SELECT o.roname, coalesce(s.subslotname::text, o.roname), coalesce(os.remote_lsn, '0/0')::text
+			FROM pg_replication_origin o
+			LEFT JOIN pg_replication_origin_status os ON os.local_id = o.roident
+			LEFT JOIN pg_subscription s ON o.roname = 'pg_' || s.oid
+			WHERE o.roname !~ '^pg_[0-9]+_[0-9]+$'
+			ORDER BY o.roname`)
 		if err != nil {
 			return err
 		}
@@ -51,4 +56,16 @@ func (i *Instance) ReplicationOrigins(ctx context.Context) ([]ReplicationOrigin,
 		return nil, fmt.Errorf("list replication origins: %w", err)
 	}
 	return out, nil
+}
+
+// ReplayCaughtUp reports whether a standby has replayed all the WAL it
+// received (true on a primary, or when nothing was received).
+func (i *Instance) ReplayCaughtUp(ctx context.Context) (bool, error) {
+	var done bool
+	err := i.WithConn(ctx, func(c *pgx.Conn) error {
+		return c.QueryRow(ctx, `SELECT NOT pg_is_in_recovery()
+			OR pg_last_wal_receive_lsn() IS NULL
+			OR pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()`).Scan(&done)
+	})
+	return done, err
 }

@@ -75,7 +75,7 @@ func renderHistory(w io.Writer, lines []historyLine) {
 	writeTrimmed(w, tb.String())
 	for _, l := range lines {
 		for _, sk := range l.SkippedChanges {
-			fmt.Fprintf(w, "!! %s, promoted on timeline %d, %s\n", l.NewLeader, l.Timeline+1, sk.sentence())
+			fmt.Fprintf(w, "!! %s, promoted after timeline %d, %s\n", l.NewLeader, l.Timeline, sk.sentence())
 		}
 	}
 }

@@ -163,9 +163,8 @@ type groupStatus struct {
 	// promotion left out (they stay listed until the next promotion; the
 	// history keeps them).
 	SkippedChanges []skippedLine `json:"skipped_changes,omitempty" yaml:"skipped_changes,omitempty"`
-	// LastPromotion is when and to whom the latest promotion went, for
-	// SkippedChanges.
-	LastPromotion *historyLine `json:"-" yaml:"-"`
+	// SkippedBy is the promotion SkippedChanges belong to.
+	SkippedBy *historyLine `json:"skipped_by,omitempty" yaml:"skipped_by,omitempty"`
 }
 
 type memberStatus struct {
@@ -301,7 +300,9 @@ func buildGroup(g *consulkv.GroupView, cfg consulkv.ClusterConfig) groupStatus {
 	}
 	if g.History != nil && len(g.History.Entries) > 0 {
 		if lines := historyLines(&consulkv.History{Entries: g.History.Entries[len(g.History.Entries)-1:]}); len(lines[0].SkippedChanges) > 0 {
-			gs.SkippedChanges, gs.LastPromotion = lines[0].SkippedChanges, &lines[0]
+			by := lines[0]
+			by.SkippedChanges = nil
+			gs.SkippedChanges, gs.SkippedBy = lines[0].SkippedChanges, &by
 		}
 	}
 	return gs
@@ -481,8 +482,12 @@ func footer(doc statusDoc) []string {
 		}
 		out = append(out, g.DetectionWarnings...)
 		for _, sk := range g.SkippedChanges {
-			out = append(out, fmt.Sprintf("!! Group %s %s: its promotion of %s at %s left them out (the old leader had confirmed them before its standby had them). Compare the groups' tables and repair.",
-				g.Name, sk.sentence(), g.LastPromotion.NewLeader, g.LastPromotion.At.Local().Format(time.RFC3339)))
+			why := "the old leader had confirmed them before its standby had them"
+			if sk.Publisher == "" {
+				why = "the old leader had applied them before its standby had them"
+			}
+			out = append(out, fmt.Sprintf("!! Group %s %s: its promotion of %s at %s left them out (%s). Compare the groups' tables and repair.",
+				g.Name, sk.sentence(), g.SkippedBy.NewLeader, g.SkippedBy.At.Local().Format(time.RFC3339), why))
 		}
 		for _, p := range g.Problems {
 			out = append(out, "Consul problem: "+p)

@@ -324,7 +324,7 @@ func TestSkippedChangesShown(t *testing.T) {
 	}
 	var b bytes.Buffer
 	renderHistory(&b, historyLines(v.Groups["g1"].History))
-	if !strings.Contains(b.String(), "!! n1, promoted on timeline 3, lacks changes of group g2") {
+	if !strings.Contains(b.String(), "!! n1, promoted after timeline 2, lacks changes of group g2") {
 		t.Errorf("history:\n%s", b.String())
 	}
 	// A later promotion without skipped changes clears the status line

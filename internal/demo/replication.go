@@ -252,11 +252,11 @@ func slotCopiesMissing(g *consulkv.GroupView) string {
 	if g.Leader != nil {
 		leader = g.Leader.Member
 	}
-	if g.Status == nil || g.Status.Leader != leader || len(g.Status.LogicalSlots) == 0 {
+	if g.Status == nil || g.Status.Leader != leader || !g.PublishesLogicalSlots() {
 		return "its leader publishes no logical slots yet"
 	}
 	for _, n := range g.MemberNames() {
-		if m := g.Members[n]; n != leader && m != nil && !m.LogicalSlotsReady {
+		if m := g.Members[n]; n != leader && m != nil && g.LacksSlotCopies(m) {
 			return n + " has no current copies of the logical slots yet"
 		}
 	}
