@@ -163,6 +163,18 @@ func (a *Agent) findSkippedChanges(ctx context.Context, prev *consulkv.GroupStat
 		time.Sleep(300 * time.Millisecond)
 	}
 	skipped := skippedChanges(prev.Origins, own, slots)
+	if len(skipped) == 0 {
+		mine := make(map[string]string, len(own))
+		for _, o := range own {
+			mine[o.Name] = o.RemoteLSN.String()
+		}
+		theirs := make(map[string]string, len(prev.Origins))
+		for n, l := range prev.Origins {
+			theirs[n] = health.FormatLSN(l)
+		}
+		a.log.Info("no changes of other groups skipped by this promotion", zap.String("old_leader", prev.Leader),
+			zap.Any("old_leader_applied", theirs), zap.Any("replayed_here", mine))
+	}
 	for _, s := range skipped {
 		fields := []zap.Field{zap.String("origin", s.Origin), zap.String("slot", s.Slot), zap.String("old_leader", prev.Leader),
 			zap.String("from", health.FormatLSN(s.From)), zap.String("to", health.FormatLSN(s.To)), zap.Uint64("publisher_wal_bytes", s.To-s.From)}
