@@ -83,9 +83,19 @@ func TestSpockSkippedChangesReported(t *testing.T) {
 		if err != nil || ga.Status == nil || ga.Status.LogicalSlots[slot].ConfirmedFlush < uint64(after) {
 			return fmt.Errorf("sa's slot %s not confirmed past %s yet (%v)", slot, saWAL, err)
 		}
+		// Not merely a nonzero origin: Spock's initial table sync already
+		// set one, and a status published before the rows left nothing
+		// to report (the two failed runs before this check).
+		var applied string
+		if err := withConn(sb, lb, func(c *pgx.Conn) error {
+			return c.QueryRow(ctx, "SELECT remote_lsn::text FROM pg_replication_origin_status WHERE external_id = $1", slot).Scan(&applied)
+		}); err != nil {
+			return err
+		}
+		want, _ := pg.ParseLSN(applied)
 		gb, err := sb.kv.ReadGroup(ctx, "sb")
-		if err != nil || gb.Status == nil || gb.Status.Origins[slot] == 0 {
-			return fmt.Errorf("sb's leader has not published its origin %s yet (%v)", slot, err)
+		if err != nil || gb.Status == nil || gb.Status.Origins[slot] < uint64(want) {
+			return fmt.Errorf("sb's leader has not published its origin %s at %s yet (%v)", slot, applied, err)
 		}
 		return nil
 	})
