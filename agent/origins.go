@@ -70,9 +70,14 @@ func skippedChanges(prev map[string]uint64, own []pg.ReplicationOrigin, slots ma
 	for _, name := range names {
 		own, ok := mine[name]
 		if !ok {
-			// Dropped since the old leader's last status (a finished sync,
-			// a dropped subscription): nothing here to resume from.
-			continue
+			// Not even created here: the standby stopped receiving before
+			// the subscription's origin existed (seen), or the origin was
+			// dropped since (a finished sync). Only a slot a group still
+			// publishes under that name tells the first case.
+			if p, live := slots[name]; !live || p.ambiguous {
+				continue
+			}
+			own = pg.ReplicationOrigin{Name: name, Slot: name}
 		}
 		from, to := uint64(own.RemoteLSN), prev[name]
 		if to <= from {
